@@ -1,0 +1,81 @@
+"""Image reading with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from skimage.transform import resize
+
+from neurecon.errors import DatasetError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files in ``folder``, sorted by name (pairs images and masks by order)."""
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"image folder {folder} holds no images ({sorted(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _read(path: Path) -> np.ndarray:
+    try:
+        img = iio.imread(path)
+    except Exception as e:  # imageio raises many types for undecodable files
+        raise DatasetError(f"{path}: cannot decode image ({e})") from None
+    if img.ndim not in (2, 3):
+        raise DatasetError(f"{path}: unsupported image shape {img.shape}")
+    return img
+
+
+def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    if img.dtype == bool:
+        return img.astype(np.uint8) * 255
+    raise DatasetError(f"{path}: unsupported pixel type {img.dtype} (use 8- or 16-bit images)")
+
+
+def _downscale(img: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average by an integer factor (exact block mean when the size divides)."""
+    if factor == 1:
+        return img
+    h, w = img.shape[0] // factor, img.shape[1] // factor
+    if h < 1 or w < 1:
+        raise DatasetError(f"downscale {factor} leaves no pixels of a {img.shape[:2]} image")
+    x = img.astype(np.float32)
+    if img.shape[0] % factor == 0 and img.shape[1] % factor == 0:
+        x = x.reshape(h, factor, w, factor, *img.shape[2:]).mean(axis=(1, 3))
+    else:
+        x = resize(x, (h, w, *img.shape[2:]), anti_aliasing=True, preserve_range=True)
+    return (x + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def load_rgb(path: Path, downscale: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; grayscale is repeated, an alpha channel is dropped."""
+    img = _to_uint8(_read(path), path)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    elif img.shape[-1] == 4:
+        img = img[..., :3]
+    elif img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    elif img.shape[-1] != 3:
+        raise DatasetError(f"{path}: {img.shape[-1]} channels; expected 1, 3 or 4")
+    return _downscale(img, int(downscale))
+
+
+def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
+    """(H, W) uint8 mask in {0, 255}; multi-channel masks (DTU stores 3) use the first channel."""
+    m = _to_uint8(_read(path), path)
+    if m.ndim == 3:
+        m = m[..., 0]
+    m = _downscale(m, int(downscale))
+    return np.where(m > 127, 255, 0).astype(np.uint8)

@@ -1,0 +1,146 @@
+"""NeuS / IDR format (``cameras_sphere.npz`` + ``image/`` + ``mask/``): DTU, BlendedMVS, custom.
+
+``world_mat_i`` projects world points to pixels; ``scale_mat_i`` maps the unit sphere to the
+object's bounding sphere in world coordinates. Decomposing ``world_mat @ scale_mat`` gives the
+intrinsics and the camera pose in the normalised frame; ``scale_mat`` itself is kept as the
+to-world transform so exported meshes land back in world coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from neurecon.data.cameras import CameraError, decompose_projection
+from neurecon.data.io import list_images, load_mask, load_rgb
+from neurecon.data.scene import Scene, split_ids
+from neurecon.errors import DatasetError
+
+
+def cameras_from_neus(
+    world_mats: Sequence[np.ndarray], scale_mats: Sequence[np.ndarray], name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised intrinsics / poses from NeuS matrices.
+
+    Returns:
+        K (V, 3, 3), c2w (V, 4, 4) in the unit-sphere frame, to_world (4, 4) = ``scale_mat``.
+    """
+    Ks, poses = [], []
+    for i, (wm, sm) in enumerate(zip(world_mats, scale_mats, strict=True)):
+        try:
+            K, c2w = decompose_projection(np.asarray(wm) @ np.asarray(sm), f"{name}: view {i}")
+        except CameraError as e:
+            raise DatasetError(str(e)) from None
+        Ks.append(K)
+        poses.append(c2w)
+    to_world = np.asarray(scale_mats[0], dtype=np.float64)
+    for i, sm in enumerate(scale_mats):
+        if not np.allclose(sm, to_world, rtol=1e-6, atol=1e-9):
+            raise DatasetError(f"{name}: scale_mat_{i} differs from scale_mat_0; expected one")
+    if not np.all(np.isfinite(to_world)) or abs(np.linalg.det(to_world[:3, :3])) < 1e-12:
+        raise DatasetError(f"{name}: scale_mat_0 is singular or non-finite")
+    return np.stack(Ks), np.stack(poses), to_world
+
+
+def downscale_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
+    """Intrinsics after resizing by 1/``factor`` (pixel centres at integer coordinates)."""
+    K = K.copy()
+    K[..., 0, 0] /= factor
+    K[..., 1, 1] /= factor
+    K[..., 0, 1] /= factor
+    K[..., :2, 2] = (K[..., :2, 2] + 0.5) / factor - 0.5
+    return K
+
+
+class NeuSScene(Scene):
+    """A scene in the NeuS/IDR release format.
+
+    Args:
+        root: scene folder; with ``scan`` set, ``root/dtu_scan{scan}``.
+        cameras: camera file name inside ``root``.
+        use_mask: load ``mask/`` (paired with ``image/`` by sorted order).
+        downscale: integer factor to shrink images by (area averaging).
+        test_every: hold out every n-th view for testing (0: test on all views).
+        train_on_test: also train on the held-out views (NeuS trains on all DTU views).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        scan: int | None = None,
+        cameras: str = "cameras_sphere.npz",
+        image_dir: str = "image",
+        mask_dir: str = "mask",
+        use_mask: bool = True,
+        downscale: int = 1,
+        test_every: int = 8,
+        train_on_test: bool = False,
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        if root is None or str(root) in ("", "???"):
+            raise DatasetError("dataset.root is not set: point it at a NeuS-format scene folder")
+        rootp = Path(root).expanduser()
+        if scan is not None:
+            rootp = rootp / f"dtu_scan{scan}"
+        if not rootp.is_dir():
+            raise DatasetError(f"dataset.root: folder {rootp} does not exist")
+        if int(downscale) < 1:
+            raise DatasetError(f"dataset.downscale must be an integer >= 1, got {downscale}")
+        cam_path = rootp / cameras
+        if not cam_path.is_file():
+            raise DatasetError(f"camera file {cam_path} is missing")
+        try:
+            cams = dict(np.load(cam_path))
+        except Exception as e:  # corrupt npz: zipfile / pickle errors of many kinds
+            raise DatasetError(f"camera file {cam_path} cannot be read: {e}") from None
+
+        image_paths = list_images(rootp / image_dir)
+        n = len(image_paths)
+        missing = [f"world_mat_{i}" for i in range(n) if f"world_mat_{i}" not in cams]
+        if missing:
+            raise DatasetError(
+                f"{cam_path}: {n} images in {rootp / image_dir} but no {missing[0]} "
+                f"({len(missing)} camera(s) missing)"
+            )
+        world_mats = [cams[f"world_mat_{i}"] for i in range(n)]
+        scale_mats = [cams.get(f"scale_mat_{i}", np.eye(4)) for i in range(n)]
+        K, c2w, to_world = cameras_from_neus(world_mats, scale_mats, str(cam_path))
+
+        first = load_rgb(image_paths[0], downscale)
+        images = np.empty((n, *first.shape), dtype=np.uint8)  # uint8 for the whole set
+        images[0] = first
+        for i, p in enumerate(image_paths[1:], start=1):
+            img = load_rgb(p, downscale)
+            if img.shape != first.shape:
+                raise DatasetError(f"{p}: size {img.shape[:2]} differs from {first.shape[:2]}")
+            images[i] = img
+
+        masks = None
+        if use_mask:
+            mask_paths = list_images(rootp / mask_dir)
+            if len(mask_paths) != n:
+                raise DatasetError(
+                    f"{rootp / mask_dir}: {len(mask_paths)} masks for {n} images in "
+                    f"{rootp / image_dir} (pairs are made by sorted order)"
+                )
+            masks = np.empty(images.shape[:3], dtype=np.uint8)
+            for i, p in enumerate(mask_paths):
+                m = load_mask(p, downscale)
+                if m.shape != images.shape[1:3]:
+                    raise DatasetError(f"{p}: mask size {m.shape} != image size {first.shape[:2]}")
+                masks[i] = m
+
+        train, test = split_ids(n, test_every, train_on_test)
+        super().__init__(
+            images=images,
+            K=downscale_intrinsics(K, float(downscale)),
+            c2w=c2w,
+            to_world=to_world,
+            train_ids=train,
+            test_ids=test,
+            masks=masks,
+            background=background,
+            name=rootp.name,
+        )

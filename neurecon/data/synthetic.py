@@ -1,0 +1,211 @@
+"""A procedural scene with known geometry, generated at run time (no files, no download).
+
+The shape is an analytic signed distance function defined in the normalised frame (inside the
+unit sphere) and placed into a world frame by an off-centre, non-unit-scale ``to_world``
+transform — exactly what a NeuS ``scale_mat`` does — so that a mesh exported in the wrong frame
+misses the ground truth by a wide margin. Cameras are built in WORLD coordinates and go through
+the same projection-matrix decomposition as the DTU loader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import mcubes
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+from neurecon.data.cameras import compose_projection, look_at, pixel_rays, sphere_near_far
+from neurecon.data.neus import cameras_from_neus
+from neurecon.data.scene import Scene, split_ids
+from neurecon.errors import ConfigError
+
+SDF = Callable[[Tensor], Tensor]
+
+
+def _smooth_min(a: Tensor, b: Tensor, k: float) -> Tensor:
+    h = (0.5 + 0.5 * (b - a) / k).clamp(0.0, 1.0)
+    return b * (1 - h) + a * h - k * h * (1 - h)
+
+
+def sdf_sphere(centre: Sequence[float] = (0.1, -0.05, 0.05), radius: float = 0.5) -> SDF:
+    c = torch.tensor(centre, dtype=torch.float32)
+
+    def f(x: Tensor) -> Tensor:
+        return (x - c.to(x)).norm(dim=-1) - radius
+
+    return f
+
+
+def sdf_torus_box() -> SDF:
+    """Torus ∪ rotated rounded box (smooth union), with a Gaussian bump on the box's top."""
+    t_c = torch.tensor([-0.12, 0.0, -0.15])
+    b_c = torch.tensor([0.22, 0.08, 0.16])
+    b_half = torch.tensor([0.2, 0.17, 0.19])
+    ang = math.radians(30.0)
+    rot = torch.tensor(
+        [[math.cos(ang), -math.sin(ang), 0.0], [math.sin(ang), math.cos(ang), 0.0], [0, 0, 1.0]]
+    )
+    bump_c = b_c + torch.tensor([0.0, 0.0, 0.19])
+
+    def f(x: Tensor) -> Tensor:
+        p = x - t_c.to(x)
+        q = torch.stack([p[..., :2].norm(dim=-1) - 0.4, p[..., 2]], dim=-1)
+        torus = q.norm(dim=-1) - 0.13
+        pb = (x - b_c.to(x)) @ rot.to(x)  # box frame
+        d = pb.abs() - (b_half.to(x) - 0.05)
+        box = d.clamp_min(0).norm(dim=-1) + d.max(dim=-1).values.clamp_max(0) - 0.05
+        shape = _smooth_min(torus, box, 0.06)
+        bump = 0.07 * torch.exp(-((x - bump_c.to(x)) ** 2).sum(-1) / 0.1**2)
+        return shape - bump
+
+    return f
+
+
+SHAPES: dict[str, Callable[[], SDF]] = {"torus_box": sdf_torus_box, "sphere": sdf_sphere}
+
+
+def albedo(x: Tensor) -> Tensor:
+    """Smooth procedural albedo (N, 3) in [0.15, 0.85] — low frequency so it is learnable."""
+    r = 0.5 + 0.35 * torch.sin(3.0 * x[..., 0] + 2.0 * x[..., 2] + 0.5)
+    g = 0.5 + 0.35 * torch.sin(2.5 * x[..., 1] - 3.0 * x[..., 0] + 1.7)
+    b = 0.5 + 0.35 * torch.cos(3.5 * x[..., 2] + 1.5 * x[..., 1])
+    return torch.stack([r, g, b], dim=-1)
+
+
+def sdf_gradient(sdf: SDF, x: Tensor) -> Tensor:
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(sdf(x).sum(), x)
+    return g
+
+
+def sphere_trace(
+    sdf: SDF, o: Tensor, d: Tensor, iters: int = 200, eps: float = 1e-5
+) -> tuple[Tensor, Tensor]:
+    """Sphere-trace rays (B, 3) against ``sdf`` inside the unit sphere. Returns points, hit mask."""
+    near, far, hit = sphere_near_far(o, d)
+    t = near.clone()
+    active = hit.clone()
+    for _ in range(iters):
+        s = sdf(o + t[:, None] * d)
+        t = torch.where(active, t + 0.9 * s, t)  # 0.9: the bump makes the SDF slightly inexact
+        active = active & (s.abs() > eps) & (t < far)
+    x = o + t[:, None] * d
+    s = sdf(x)
+    return x, hit & (s.abs() < 1e-3) & (t < far)
+
+
+def project_to_surface(sdf: SDF, x: Tensor, iters: int = 5) -> Tensor:
+    """Newton-project points near the zero level set onto it."""
+    for _ in range(iters):
+        g = sdf_gradient(sdf, x)
+        x = x - (sdf(x) / (g * g).sum(-1).clamp_min(1e-12))[:, None] * g
+    return x
+
+
+class SyntheticScene(Scene):
+    """Renders the analytic shape to ``num_views`` masked views with Lambertian shading.
+
+    Args:
+        shape: one of ``torus_box``, ``sphere``.
+        num_views: total views on a Fibonacci sphere around the object; every ``test_every``-th is
+            held out for testing.
+        resolution: image height and width in pixels.
+        fov_deg: horizontal field of view.   cam_distance: in units of the bounding sphere.
+        world_scale / world_offset: the normalised → world transform (a NeuS ``scale_mat``).
+        background: RGB shown where the object is absent.
+        num_gt_points: exact surface points (world frame) kept for Chamfer distance.
+    """
+
+    def __init__(
+        self,
+        shape: str = "torus_box",
+        num_views: int = 40,
+        test_every: int = 8,
+        resolution: int = 64,
+        fov_deg: float = 45.0,
+        cam_distance: float = 2.2,
+        world_scale: float = 2.5,
+        world_offset: Sequence[float] = (0.7, -0.4, 1.3),
+        light_dir: Sequence[float] = (0.4, -0.3, 0.85),
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+        num_gt_points: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        if shape not in SHAPES:
+            raise ConfigError(f"dataset.shape={shape!r} is unknown; choose from {sorted(SHAPES)}")
+        if resolution < 8 or num_views < 2 or world_scale <= 0:
+            raise ConfigError("dataset: need resolution >= 8, num_views >= 2, world_scale > 0")
+        self.sdf = SHAPES[shape]()
+        to_world = np.eye(4)
+        to_world[:3, :3] *= world_scale
+        to_world[:3, 3] = world_offset
+
+        # Cameras on a Fibonacci sphere, built in WORLD coordinates, stored as NeuS world_mats.
+        i = np.arange(num_views) + 0.5
+        z = 1 - 2 * i / num_views
+        phi = math.pi * (1 + 5**0.5) * i
+        dirs = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], 1)
+        centre_w = np.asarray(world_offset, dtype=np.float64)
+        f = 0.5 * resolution / math.tan(math.radians(fov_deg) / 2)
+        K = np.array([[f, 0, (resolution - 1) / 2], [0, f, (resolution - 1) / 2], [0, 0, 1]])
+        world_mats = [
+            compose_projection(K, look_at(centre_w + world_scale * cam_distance * dv, centre_w))
+            for dv in dirs
+        ]
+        train, test = split_ids(num_views, test_every)
+        K_n, c2w_n, to_world = cameras_from_neus(world_mats, [to_world] * num_views, "synthetic")
+
+        light = torch.tensor(light_dir, dtype=torch.float32)
+        bg = torch.tensor(background, dtype=torch.float32)
+        images, masks = self._render(K_n, c2w_n, resolution, light, bg)
+        gt = self._surface_points(num_gt_points, seed) @ to_world[:3, :3].T + to_world[:3, 3]
+        super().__init__(
+            images=images,
+            K=K_n,
+            c2w=c2w_n,
+            to_world=to_world,
+            train_ids=train,
+            test_ids=test,
+            masks=masks,
+            background=background,
+            gt_points=gt,
+            name=f"synthetic_{shape}",
+        )
+
+    def _render(
+        self, K_all: np.ndarray, c2w_all: np.ndarray, res: int, light: Tensor, bg: Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sphere-trace every view at pixel centres (the same rays the renderer will cast)."""
+        light = light / light.norm()
+        v, u = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+        u, v = u.reshape(-1).float(), v.reshape(-1).float()
+        imgs, masks = [], []
+        for K, c2w in zip(K_all, c2w_all, strict=True):
+            o, d = pixel_rays(
+                torch.tensor(K, dtype=torch.float32), torch.tensor(c2w, dtype=torch.float32), u, v
+            )
+            x, hit = sphere_trace(self.sdf, o, d)
+            n = sdf_gradient(self.sdf, x)
+            n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            shade = 0.3 + 0.7 * (n @ light).clamp_min(0)
+            rgb = (albedo(x) * shade[:, None]).clamp(0, 1)
+            rgb = torch.where(hit[:, None], rgb, bg)
+            imgs.append((rgb.reshape(res, res, 3).numpy() * 255 + 0.5).astype(np.uint8))
+            masks.append((hit.reshape(res, res).numpy() * 255).astype(np.uint8))
+        return np.stack(imgs), np.stack(masks)
+
+    def _surface_points(self, n: int, seed: int) -> np.ndarray:
+        """``n`` points uniformly on the exact surface (normalised frame)."""
+        res = 160
+        g = torch.linspace(-1, 1, res)
+        xyz = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+        vol = self.sdf(xyz).reshape(res, res, res).numpy()
+        verts, faces = mcubes.marching_cubes(-vol, 0.0)
+        mesh = trimesh.Trimesh(verts / (res - 1) * 2 - 1, faces, process=False)
+        pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
+        return project_to_surface(self.sdf, torch.tensor(pts, dtype=torch.float32)).double().numpy()

@@ -1,0 +1,17 @@
+"""User-facing errors: caught by ``train.py`` / ``evaluate.py`` and printed without a traceback."""
+
+
+class NeuReconError(Exception):
+    """Base class for errors caused by input or configuration, not by a bug."""
+
+
+class ConfigError(NeuReconError, ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+class DatasetError(NeuReconError, ValueError):
+    """Bad or missing dataset input; the message names the file or config key."""
+
+
+class MeshExtractionError(NeuReconError):
+    """The field has no surface to extract."""

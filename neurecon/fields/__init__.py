@@ -1,0 +1,6 @@
+"""Neural fields: ``neus`` (SDF) and ``nerf`` (density)."""
+
+from neurecon.fields.nerf import NeRFField
+from neurecon.fields.neus import NeuSField
+
+__all__ = ["NeRFField", "NeuSField"]

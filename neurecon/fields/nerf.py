@@ -1,0 +1,69 @@
+"""NeRF field: volume density + view-dependent colour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from neurecon.fields.mlp import TruncExp, mlp
+
+
+@dataclass
+class DensityOutput:
+    """Per-sample outputs. Shapes: density (N,), color (N, 3)."""
+
+    density: Tensor
+    color: Tensor
+
+
+class NeRFField(nn.Module):
+    """Density MLP on encoded positions, colour MLP on geometry features and view direction.
+
+    Args:
+        encoder / dir_encoder: position / direction encodings.
+        hidden_dim, n_layers, feature_dim, color_hidden_dim, color_layers: MLP sizes.
+        density_bias: added before the exp activation (negative: start near-empty).
+        mesh_density: density iso-level used for mesh extraction.
+    """
+
+    kind = "density"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dir_encoder: nn.Module,
+        hidden_dim: int = 64,
+        n_layers: int = 3,
+        feature_dim: int = 32,
+        color_hidden_dim: int = 64,
+        color_layers: int = 2,
+        density_bias: float = -1.0,
+        mesh_density: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.dir_encoder = encoder, dir_encoder
+        self.density_net = mlp(encoder.out_dim, hidden_dim, n_layers, 1 + feature_dim, nn.ReLU())
+        self.color_net = mlp(
+            feature_dim + dir_encoder.out_dim, color_hidden_dim, color_layers, 3, nn.ReLU()
+        )
+        self.act = TruncExp()
+        self.density_bias, self.mesh_density = density_bias, mesh_density
+
+    def _density_feat(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.density_net(self.encoder(x))
+        return self.act(h[:, 0] + self.density_bias), h[:, 1:]
+
+    def density(self, x: Tensor) -> Tensor:
+        """(N, 3) → (N,) non-negative density."""
+        return self._density_feat(x)[0]
+
+    def geometry(self, x: Tensor) -> Tensor:
+        """Negative inside (density above ``mesh_density``), zero on that iso-surface."""
+        return self.mesh_density - self.density(x)
+
+    def forward(self, x: Tensor, d: Tensor, create_graph: bool = True) -> DensityOutput:
+        sigma, feat = self._density_feat(x)
+        color = torch.sigmoid(self.color_net(torch.cat([feat, self.dir_encoder(d)], dim=-1)))
+        return DensityOutput(density=sigma, color=color)

@@ -1,0 +1,122 @@
+"""NeuS field: SDF MLP with geometric init, a colour MLP, and a learned variance ``inv_s``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from neurecon.errors import ConfigError
+from neurecon.fields.mlp import mlp
+
+
+@dataclass
+class SDFOutput:
+    """Per-sample outputs. Shapes: sdf (N,), gradient (N, 3), color (N, 3)."""
+
+    sdf: Tensor
+    gradient: Tensor
+    color: Tensor
+
+
+class NeuSField(nn.Module):
+    """Signed distance + view-dependent colour (Wang et al. 2021, IDR-style colour network).
+
+    Args:
+        encoder: position encoding whose output starts with the raw ``x`` (``include_input``);
+            the geometric init relies on it.
+        dir_encoder: view-direction encoding.
+        hidden_dim, n_layers: SDF MLP width and number of hidden layers.
+        feature_dim: geometry features passed to the colour MLP.
+        color_hidden_dim, color_layers: colour MLP size.
+        geometric_init / init_radius: start as the SDF of a sphere of that radius.
+        beta: softplus sharpness (100 as in NeuS; smooth second derivatives for the eikonal term).
+        variance_init: ``inv_s = exp(10 * variance_init)`` at the start (0.3 → ~20).
+        weight_norm: weight-normalised linear layers as in NeuS.
+    """
+
+    kind = "sdf"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dir_encoder: nn.Module,
+        hidden_dim: int = 64,
+        n_layers: int = 3,
+        feature_dim: int = 32,
+        color_hidden_dim: int = 64,
+        color_layers: int = 2,
+        geometric_init: bool = True,
+        init_radius: float = 0.5,
+        beta: float = 100.0,
+        variance_init: float = 0.3,
+        weight_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if geometric_init and not getattr(encoder, "include_input", False):
+            raise ConfigError("field.geometric_init needs an encoder with include_input=true")
+        if not math.isfinite(variance_init):
+            raise ConfigError(f"field.variance_init must be finite, got {variance_init}")
+        self.encoder, self.dir_encoder = encoder, dir_encoder
+        self.feature_dim = feature_dim
+        self.sdf_net = mlp(
+            encoder.out_dim, hidden_dim, n_layers, 1 + feature_dim, nn.Softplus(beta)
+        )
+        if geometric_init:
+            self._geometric_init(init_radius, encoder.in_dim)
+        color_in = 3 + 3 + dir_encoder.out_dim + feature_dim  # x, normal, dir, features
+        self.color_net = mlp(color_in, color_hidden_dim, color_layers, 3, nn.ReLU())
+        if weight_norm:
+            for m in [*self.sdf_net, *self.color_net]:
+                if isinstance(m, nn.Linear):
+                    nn.utils.parametrizations.weight_norm(m)
+        self.variance = nn.Parameter(torch.tensor(float(variance_init)))
+
+    def _geometric_init(self, radius: float, in_raw: int) -> None:
+        """IDR/NeuS init: the network starts as ``|x| - radius`` (negative inside)."""
+        linears = [m for m in self.sdf_net if isinstance(m, nn.Linear)]
+        for i, lin in enumerate(linears):
+            out_dim, in_dim = lin.weight.shape
+            if i == len(linears) - 1:
+                nn.init.normal_(lin.weight, mean=np.sqrt(np.pi) / np.sqrt(in_dim), std=1e-4)
+                nn.init.constant_(lin.bias, -radius)
+            else:
+                nn.init.constant_(lin.bias, 0.0)
+                nn.init.normal_(lin.weight, 0.0, np.sqrt(2) / np.sqrt(out_dim))
+                if i == 0:  # encoded channels start at zero so the init is exactly a sphere
+                    nn.init.constant_(lin.weight[:, in_raw:], 0.0)
+
+    def inv_s(self) -> Tensor:
+        """Scalar inverse standard deviation of the logistic density."""
+        return torch.exp(self.variance * 10.0)
+
+    def _sdf_feat(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.sdf_net(self.encoder(x))
+        return h[:, 0], h[:, 1:]
+
+    def sdf(self, x: Tensor) -> Tensor:
+        """(N, 3) → (N,) signed distance, negative inside."""
+        return self._sdf_feat(x)[0]
+
+    def geometry(self, x: Tensor) -> Tensor:
+        """Signed scalar for mesh extraction: negative inside, zero on the surface."""
+        return self.sdf(x)
+
+    def forward(self, x: Tensor, d: Tensor, create_graph: bool = True) -> SDFOutput:
+        """SDF, its spatial gradient and colour at points ``x`` (N, 3) seen along ``d`` (N, 3).
+
+        ``create_graph`` keeps the gradient differentiable (training: eikonal loss, normals in the
+        colour net); validation passes False to free the graph per chunk.
+        """
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            sdf, feat = self._sdf_feat(x)
+            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+        if not create_graph:
+            sdf, feat, grad = sdf.detach(), feat.detach(), grad.detach()
+        h = torch.cat([x.detach(), grad, self.dir_encoder(d), feat], dim=-1)
+        color = torch.sigmoid(self.color_net(h))
+        return SDFOutput(sdf=sdf, gradient=grad, color=color)

@@ -1,0 +1,101 @@
+"""Optimizers with parameter groups, and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from neurecon.errors import ConfigError
+
+_ALGORITHMS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+_DECAYS = ("cosine", "exp", "none")
+
+
+def lr_factor(
+    step: int, max_steps: int, warmup_steps: int, decay: str, final_ratio: float
+) -> float:
+    """Multiplier of the base lr: linear warm-up, then cosine / exponential decay to
+    ``final_ratio`` at ``max_steps`` (or constant for ``none``)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if decay == "cosine":
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if decay == "exp":
+        return final_ratio**progress
+    return 1.0
+
+
+class OptimizerFactory:
+    """Builds the optimizer and its schedule for a field.
+
+    Args:
+        algorithm: ``adam`` or ``adamw``.
+        lr: base learning rate.  lr_variance: NeuS variance (``inv_s``) lr; null → ``lr``.
+        lr_encoder: lr of the encoder's parameters (hash tables like a higher lr); null → ``lr``.
+        warmup_steps, decay (cosine | exp | none), final_ratio: the schedule.
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "adam",
+        lr: float = 5e-4,
+        lr_variance: float | None = None,
+        lr_encoder: float | None = None,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-15,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        decay: str = "cosine",
+        final_ratio: float = 0.05,
+    ) -> None:
+        if algorithm not in _ALGORITHMS:
+            raise ConfigError(
+                f"optimizer.algorithm={algorithm!r}; choose from {sorted(_ALGORITHMS)}"
+            )
+        for key, val in (("lr", lr), ("lr_variance", lr_variance), ("lr_encoder", lr_encoder)):
+            if val is not None and not (math.isfinite(val) and val > 0):
+                raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val}")
+        if decay not in _DECAYS:
+            raise ConfigError(f"optimizer.decay={decay!r}; choose from {list(_DECAYS)}")
+        if not 0 < final_ratio <= 1 or warmup_steps < 0:
+            raise ConfigError("optimizer: need 0 < final_ratio <= 1 and warmup_steps >= 0")
+        self.algorithm, self.lr = algorithm, lr
+        self.lr_variance, self.lr_encoder = lr_variance, lr_encoder
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.warmup_steps, self.decay, self.final_ratio = warmup_steps, decay, final_ratio
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Split parameters into named groups: ``variance``, ``encoder``, ``network``."""
+        groups: dict[str, list[nn.Parameter]] = {"variance": [], "encoder": [], "network": []}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name == "variance":
+                groups["variance"].append(p)
+            elif name.startswith("encoder."):
+                groups["encoder"].append(p)
+            else:
+                groups["network"].append(p)
+        lrs = {
+            "variance": self.lr_variance or self.lr,
+            "encoder": self.lr_encoder or self.lr,
+            "network": self.lr,
+        }
+        return [{"name": k, "params": v, "lr": lrs[k]} for k, v in groups.items() if v]
+
+    def build(
+        self, model: nn.Module, max_steps: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        cls = _ALGORITHMS[self.algorithm]
+        opt = cls(
+            self.param_groups(model), betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: lr_factor(s, max_steps, self.warmup_steps, self.decay, self.final_ratio),
+        )
+        return opt, sched

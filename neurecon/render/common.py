@@ -1,0 +1,98 @@
+"""Functional volume-rendering helpers shared by the renderers (nerfacc-style small API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RenderOutput:
+    """What a renderer returns for B rays.
+
+    Shapes: color (B, 3) composited over the background; opacity (B,) accumulated weight;
+    depth (B,) expected ray distance; normal (B, 3) weight-averaged normal or None;
+    eikonal: scalar mean ``(|∇f| - 1)²`` over samples (SDF fields) or None;
+    num_samples: number of field evaluations, for throughput figures.
+    """
+
+    color: Tensor
+    opacity: Tensor
+    depth: Tensor
+    normal: Tensor | None = None
+    eikonal: Tensor | None = None
+    num_samples: int = 0
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def render_weights_from_alpha(alpha: Tensor) -> Tensor:
+    """Compositing weights ``w_i = α_i Π_{j<i} (1 - α_j)``. Shapes: (B, S) → (B, S)."""
+    trans = torch.cumprod(
+        torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], dim=-1), dim=-1
+    )[:, :-1]
+    return alpha * trans
+
+
+@torch.no_grad()
+def sample_pdf(bins: Tensor, weights: Tensor, n: int, det: bool = True) -> Tensor:
+    """Draw ``n`` samples per ray from the piecewise-constant pdf given by ``weights``.
+
+    Shapes: bins (B, S+1) edges, weights (B, S) → (B, n) ray distances.
+    """
+    weights = weights + 1e-5
+    pdf = weights / weights.sum(-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)
+    if det:
+        u = torch.linspace(0.5 / n, 1.0 - 0.5 / n, n, device=bins.device).expand(cdf.shape[0], n)
+    else:
+        u = torch.rand(cdf.shape[0], n, device=bins.device)
+    u = u.contiguous()
+    idx = torch.searchsorted(cdf, u, right=True)
+    below = (idx - 1).clamp_min(0)
+    above = idx.clamp_max(cdf.shape[-1] - 1)
+    cdf_lo, cdf_hi = cdf.gather(1, below), cdf.gather(1, above)
+    bin_lo, bin_hi = bins.gather(1, below), bins.gather(1, above)
+    denom = torch.where(cdf_hi - cdf_lo < 1e-5, torch.ones_like(cdf_lo), cdf_hi - cdf_lo)
+    return bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)
+
+
+def stratified(near: Tensor, far: Tensor, n: int, perturb: bool) -> Tensor:
+    """``n`` sorted distances in [near, far] per ray, jittered within strata when ``perturb``."""
+    t = torch.linspace(0.0, 1.0, n, device=near.device)
+    z = near[:, None] + (far - near)[:, None] * t
+    if perturb:
+        step = (far - near)[:, None] / n
+        z = z + (torch.rand_like(z) - 0.5) * step
+    return z
+
+
+def render_hits(
+    origins: Tensor,
+    dirs: Tensor,
+    near: Tensor,
+    far: Tensor,
+    hit: Tensor,
+    background: Tensor,
+    fn: Callable[[Tensor, Tensor, Tensor, Tensor], RenderOutput],
+) -> RenderOutput:
+    """Render only the rays that hit the scene's sphere; the rest show the background.
+
+    ``fn(origins, dirs, near, far)`` renders the hit subset (colours *before* background).
+    """
+    B, dev = origins.shape[0], origins.device
+    color = background.to(dev).expand(B, 3).clone()
+    opacity, depth = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
+    normal = torch.zeros(B, 3, device=dev)
+    if not bool(hit.any()):
+        return RenderOutput(color, opacity, depth, normal, None, 0)
+    out = fn(origins[hit], dirs[hit], near[hit], far[hit])
+    bg = background.to(dev)
+    color = color.index_put((hit,), out.color + (1.0 - out.opacity[:, None]) * bg)
+    opacity = opacity.index_put((hit,), out.opacity)
+    depth = depth.index_put((hit,), out.depth)
+    if out.normal is not None:
+        normal = normal.index_put((hit,), out.normal)
+    return RenderOutput(color, opacity, depth, normal, out.eikonal, out.num_samples, out.extras)

@@ -1,0 +1,25 @@
+"""Checkpoints: written atomically, loaded without executing code from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neurecon.io import atomic_write
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` ``step_*.ckpt`` files."""
+    ckpts = sorted(folder.glob("step_*.ckpt"))
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""Shared fixtures: config composition and the real data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Small enough to train in seconds on 2 CPU cores.
+TINY = [
+    "dataset.resolution=32",
+    "dataset.num_views=16",
+    "dataset.num_gt_points=20000",
+    "trainer.batch_rays=256",
+    "trainer.val_every=0",
+    "trainer.ckpt_every=0",
+    "trainer.mesh_resolution=48",
+    "trainer.chamfer_points=20000",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+@pytest.fixture
+def dtu_scan65() -> Path:
+    path = SHARED_DATA / "dtu_scan65"
+    if not (path / "cameras_sphere.npz").is_file():
+        pytest.skip(f"real DTU data not found at {path}")
+    return path

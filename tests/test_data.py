@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from neurecon.data import DatasetError, NeuSScene, SyntheticScene
+from neurecon.data.cameras import compose_projection, look_at
+from neurecon.data.synthetic import SHAPES
+
+SCALE = np.array([[2.0, 0, 0, 5.0], [0, 2.0, 0, -1.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]])
+K_TRUE = np.array([[40.0, 0, 15.5], [0, 42.0, 11.5], [0, 0, 1]])
+
+
+def _poses(n: int) -> list[np.ndarray]:
+    """World-frame camera poses around the scale_mat sphere."""
+    centre = SCALE[:3, 3]
+    return [
+        look_at(centre + 6 * np.array([np.cos(a), np.sin(a), 0.4]), centre)
+        for a in np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ]
+
+
+def write_neus_scene(root: Path, n: int = 4, h: int = 24, w: int = 32) -> list[np.ndarray]:
+    """A tiny scene in the NeuS/DTU release layout: image/000000.png, mask/000.png (RGB masks)."""
+    (root / "image").mkdir(parents=True)
+    (root / "mask").mkdir()
+    poses = _poses(n)
+    cams = {}
+    rng = np.random.default_rng(0)
+    for i, c2w in enumerate(poses):
+        cams[f"world_mat_{i}"] = compose_projection(K_TRUE, c2w)
+        cams[f"scale_mat_{i}"] = SCALE
+        iio.imwrite(
+            root / "image" / f"{i:06d}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        )
+        m = np.zeros((h, w, 3), np.uint8)
+        m[4:20, 8:24] = 255
+        iio.imwrite(root / "mask" / f"{i:03d}.png", m)
+    np.savez(root / "cameras_sphere.npz", **cams)
+    return poses
+
+
+def test_neus_format_round_trip(tmp_path):
+    poses = write_neus_scene(tmp_path)
+    s = NeuSScene(str(tmp_path), test_every=0)
+    assert s.images.shape == (4, 24, 32, 3) and s.images.dtype == torch.uint8
+    assert s.masks.shape == (4, 24, 32) and s.masks[0, 10, 10] == 255 and s.masks[0, 0, 0] == 0
+    assert np.allclose(s.to_world, SCALE)
+    for i, c2w in enumerate(poses):
+        assert np.allclose(s.K[i].numpy(), K_TRUE, atol=1e-4)
+        # Normalised pose: same rotation, centre mapped by the inverse scale_mat.
+        assert np.allclose(s.c2w[i, :3, :3].numpy(), c2w[:3, :3], atol=1e-5)
+        expected = (c2w[:3, 3] - SCALE[:3, 3]) / 2.0
+        assert np.allclose(s.c2w[i, :3, 3].numpy(), expected, atol=1e-5)
+
+
+def test_neus_downscale_keeps_uint8_and_rescales_intrinsics(tmp_path):
+    write_neus_scene(tmp_path)
+    s = NeuSScene(str(tmp_path), downscale=2)
+    assert s.images.shape[1:3] == (12, 16) and s.images.dtype == torch.uint8
+    assert np.isclose(s.K[0, 0, 0].item(), 20.0) and np.isclose(s.K[0, 0, 2].item(), 7.5)
+
+
+def _corrupt(kind: str, root: Path) -> None:
+    if kind == "missing_root":
+        import shutil
+
+        shutil.rmtree(root)
+    elif kind == "missing_cameras":
+        (root / "cameras_sphere.npz").unlink()
+    elif kind == "count_mismatch":
+        iio.imwrite(root / "image" / "000099.png", np.zeros((24, 32, 3), np.uint8))
+    elif kind == "undecodable":
+        (root / "image" / "000001.png").write_bytes(b"not a png")
+    elif kind == "mixed_sizes":
+        iio.imwrite(root / "image" / "000002.png", np.zeros((10, 10, 3), np.uint8))
+    elif kind == "mask_size":
+        iio.imwrite(root / "mask" / "001.png", np.zeros((10, 10), np.uint8))
+    elif kind == "mask_count":
+        (root / "mask" / "003.png").unlink()
+    elif kind in ("singular", "nonfinite"):
+        cams = dict(np.load(root / "cameras_sphere.npz"))
+        cams["world_mat_2"] = np.zeros((4, 4)) if kind == "singular" else np.full((4, 4), np.nan)
+        np.savez(root / "cameras_sphere.npz", **cams)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing_root", r"folder .*scene does not exist"),
+        ("missing_cameras", r"camera file .*cameras_sphere.npz is missing"),
+        ("count_mismatch", r"5 images .* no world_mat_4"),
+        ("undecodable", r"000001.png: cannot decode image"),
+        ("mixed_sizes", r"000002.png: size \(10, 10\) differs"),
+        ("mask_size", r"001.png: mask size"),
+        ("mask_count", r"3 masks for 4 images"),
+        ("singular", r"view 2: the 3x3 part of the projection matrix is singular"),
+        ("nonfinite", r"view 2: matrix has non-finite values"),
+    ],
+)
+def test_bad_neus_input_names_the_problem(tmp_path, kind, message):
+    root = tmp_path / "scene"
+    write_neus_scene(root)
+    _corrupt(kind, root)
+    with pytest.raises(DatasetError, match=message):
+        NeuSScene(str(root))
+
+
+def test_dtu_scan65_loads_normalised(dtu_scan65):
+    s = NeuSScene(str(dtu_scan65), downscale=8)
+    assert s.images.shape == (49, 150, 200, 3) and s.masks.shape == (49, 150, 200)
+    assert 0.05 < (s.masks > 0).float().mean() < 0.8
+    centres = s.c2w[:, :3, 3].norm(dim=-1)
+    assert (centres > 1.0).all()  # every camera outside the unit sphere
+    # Every camera looks towards the sphere: the optical axis passes within the unit sphere.
+    fwd = s.c2w[:, :3, 2]
+    closest = (s.c2w[:, :3, 3] - (s.c2w[:, :3, 3] * fwd).sum(-1, keepdim=True) * fwd).norm(dim=-1)
+    assert (closest < 1.0).all()
+    assert 100 < s.to_world[0, 0] < 1000  # mm: the object sphere's radius
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_synthetic_scene_geometry_is_exact_and_placed_in_world(shape):
+    s = SyntheticScene(shape=shape, num_views=6, resolution=24, num_gt_points=2000)
+    # GT points lie on the analytic surface (after mapping back to the normalised frame).
+    inv = np.linalg.inv(s.to_world)
+    pts_n = s.gt_points @ inv[:3, :3].T + inv[:3, 3]
+    assert np.abs(s.sdf(torch.tensor(pts_n, dtype=torch.float32)).numpy()).max() < 1e-4
+    assert np.all(np.linalg.norm(pts_n, axis=1) < 1.0)
+    # Off-centre, non-unit scale: the world points are far from the origin.
+    assert np.linalg.norm(s.gt_points.mean(0)) > 1.0 and not np.isclose(s.to_world[0, 0], 1.0)
+    assert 0.05 < (s.masks > 0).float().mean() < 0.9 and len(s.test_ids) >= 1
