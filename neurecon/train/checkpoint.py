@@ -18,6 +18,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def latest_checkpoint(folder: Path) -> Path | None:
+    """Newest complete ``step_*.ckpt`` (temporary files from an interrupted save start with '.')."""
+    ckpts = sorted(folder.glob("step_*.ckpt")) if folder.is_dir() else []
+    return ckpts[-1] if ckpts else None
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Keep the newest ``keep`` ``step_*.ckpt`` files."""
     ckpts = sorted(folder.glob("step_*.ckpt"))

@@ -19,10 +19,17 @@ from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, MeshExtractionError
 from neurecon.geometry import extract_mesh
 from neurecon.io import atomic_write, write_json
+from neurecon.memory import retry_on_oom
 from neurecon.metrics import chamfer, psnr, sample_surface, ssim
 from neurecon.optim import OptimizerFactory
 from neurecon.render.common import RenderOutput
-from neurecon.train.checkpoint import prune_checkpoints, save_checkpoint
+from neurecon.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
 from neurecon.train.losses import color_loss, mask_loss
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,10 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={device!r} but CUDA is not available here")
     return torch.device(device)
+
+
+_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_FAULT_KEYS = {"nan_loss_at", "nan_loss_from", "nan_grad_at", "nan_param_at"}
 
 
 class Trainer:
@@ -51,6 +62,14 @@ class Trainer:
         use_mask: use the scene's masks (masked colour loss + mask BCE) when it has them.
         objective: metric key returned to Hydra / Optuna.
         progress: show a tqdm bar.  seed, device (auto | cpu | cuda[:i]).
+        precision: fp32 | fp16 | bf16 (mixed precision with torch.amp; CUDA only, CPU uses fp32).
+        grad_clip: clip the gradient norm to this value (0: off).
+        guard: :class:`NaNGuard` settings (skip / roll back / stop on non-finite values).
+        faults: fault injection for tests, by loop iteration (iterations keep counting after a
+            rollback, so a fault fires once): ``nan_loss_at``, ``nan_grad_at``, ``nan_param_at``
+            (lists) and ``nan_loss_from`` (every iteration from then on).
+        resume: ``never``, ``auto`` (newest checkpoint in the run dir, if any) or a file path.
+        overwrite: allow writing into a run dir that already holds a finished run.
     """
 
     def __init__(
@@ -72,6 +91,12 @@ class Trainer:
         progress: bool = True,
         seed: int = 0,
         device: str = "auto",
+        precision: str = "fp32",
+        grad_clip: float = 0.0,
+        guard: Mapping[str, Any] | None = None,
+        faults: Mapping[str, Any] | None = None,
+        resume: str = "never",
+        overwrite: bool = False,
     ) -> None:
         for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays), ("chunk", chunk)):
             if int(val) < 1:
@@ -91,8 +116,22 @@ class Trainer:
         self.w = w
         self.use_mask, self.objective, self.progress = use_mask, objective, progress
         self.seed, self.device = seed, resolve_device(device)
-        self.skipped_steps = 0
+        if precision not in _PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r}; choose from {list(_PRECISIONS)}")
+        if precision != "fp32" and self.device.type != "cuda":
+            log.warning("trainer.precision=%s needs CUDA; using fp32 on %s", precision, self.device)
+            precision = "fp32"
+        self.precision, self.grad_clip = precision, float(grad_clip)
+        self.guard_cfg = dict(guard or {})
+        NaNGuard(**self.guard_cfg)  # validate now, with the config's key names
+        self.faults = {k: v for k, v in dict(faults or {}).items() if v not in (None, [])}
+        if set(self.faults) - _FAULT_KEYS:
+            raise ConfigError(f"trainer.faults: unknown {sorted(set(self.faults) - _FAULT_KEYS)}")
+        if resume not in ("never", "auto") and not Path(resume).is_file():
+            raise ConfigError(f"trainer.resume: checkpoint {resume} does not exist")
+        self.resume, self.overwrite = resume, overwrite
         self.history: list[dict[str, float]] = []  # logged every ``log_every`` steps
+        self.guard = NaNGuard(**self.guard_cfg)
 
     # ------------------------------------------------------------------ training
     def _losses(self, out: RenderOutput, rgb: torch.Tensor, mask: torch.Tensor | None):
@@ -104,12 +143,56 @@ class Trainer:
         total = sum(self.w[k] * v for k, v in terms.items())
         return total, terms
 
-    def _step_ok(self, loss: torch.Tensor, model: nn.Module) -> bool:
-        """First NaN guard: a non-finite loss or gradient skips the step (counted)."""
-        if not torch.isfinite(loss):
-            return False
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+    def _fault(self, key: str, iteration: int) -> bool:
+        start = self.faults.get("nan_loss_from")
+        if key == "nan_loss_at" and start is not None and iteration >= int(start):
+            return True
+        return iteration in set(self.faults.get(key, []))
+
+    def _check_out_dir(self, out: Path) -> Path | None:
+        """Refuse to clobber earlier results; return the checkpoint to resume from, if any."""
+        ckpt = None
+        if self.resume == "auto":
+            ckpt = latest_checkpoint(out / "checkpoints")
+        elif self.resume != "never":
+            ckpt = Path(self.resume)
+        if ckpt is None and not self.overwrite:
+            if (out / "metrics.json").exists():
+                raise ConfigError(
+                    f"{out} already holds a finished run (metrics.json); choose another "
+                    "hydra.run.dir, or set trainer.overwrite=true to replace it"
+                )
+            if latest_checkpoint(out / "checkpoints") is not None:
+                raise ConfigError(
+                    f"{out} holds checkpoints of an unfinished run; continue it with "
+                    "trainer.resume=auto, or set trainer.overwrite=true to start over"
+                )
+        return ckpt
+
+    def _state(self, step: int, field: nn.Module, opt, sched, gen, elapsed: float) -> dict:
+        state = {
+            "step": step,
+            "field": field.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "rays": gen.get_state()},
+            "guard": {"skipped": self.guard.skipped, "rollbacks": self.guard.rollbacks},
+            "elapsed_s": elapsed,
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self, state: dict, field: nn.Module, opt, sched, gen, rng: bool = True) -> int:
+        field.load_state_dict(state["field"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if rng:
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            gen.set_state(state["rng"]["rays"].cpu())
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([t.cpu() for t in state["rng"]["cuda"]])
+        return int(state["step"])
 
     def fit(
         self,
@@ -119,85 +202,142 @@ class Trainer:
         optimizer: OptimizerFactory,
         out_dir: str | Path,
     ) -> dict[str, Any]:
-        """Train; write checkpoints, ``mesh.ply`` (world) and ``metrics.json`` to ``out_dir``."""
+        """Train; write checkpoints, ``mesh.ply`` (world) and ``metrics.json`` to ``out_dir``.
+
+        Raises :class:`TrainingDiverged` (after writing ``metrics.json`` with status
+        ``diverged``) when the NaN guard gives up.
+        """
         out = Path(out_dir)
+        resume_from = self._check_out_dir(out)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         field.to(self.device)
         renderer.to(self.device)
-        bg = scene.background.to(self.device)
-        use_mask = self.use_mask and scene.masks is not None
         opt, sched = optimizer.build(field, self.max_steps)
-        t0 = time.time()
-        samples = 0
-        bar = tqdm(range(1, self.max_steps + 1), disable=not self.progress, desc="train")
-        for step in bar:
-            field.train()
-            renderer.train()
-            if hasattr(renderer, "update_step"):
-                renderer.update_step(step)
-            batch = scene.sample_rays(self.batch_rays, gen, self.device)
-            r = renderer(field, batch.origins, batch.dirs, bg)
-            mask = batch.mask if use_mask else None
-            loss, terms = self._losses(r, batch.rgb, mask)
-            opt.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-            if self._step_ok(loss, field):
-                opt.step()
-            else:
-                self.skipped_steps += 1
-                log.warning("step %d: non-finite loss or gradient, step skipped", step)
-            sched.step()
-            samples += r.num_samples
-            if step % self.log_every == 0 or step == self.max_steps:
-                train_psnr = -10 * math.log10(
-                    max(((r.color - batch.rgb) ** 2).mean().item(), 1e-10)
-                )
-                post = {"loss": f"{loss.item():.4f}", "psnr": f"{train_psnr:.2f}"}
-                if "inv_s" in r.extras:
-                    post["inv_s"] = f"{r.extras['inv_s'].item():.1f}"
-                post["lr"] = f"{opt.param_groups[0]['lr']:.2e}"
-                bar.set_postfix(post)
-                row = {"step": step, "loss": loss.item(), "train/psnr": train_psnr}
-                row.update({f"loss/{k}": v.item() for k, v in terms.items()})
-                if "inv_s" in r.extras:
-                    row["inv_s"] = r.extras["inv_s"].item()
-                self.history.append(row)
-                log.debug("step %d %s", step, row)
-            if self.val_every and step % self.val_every == 0 and step < self.max_steps:
-                self._validate(scene, field, renderer, out / "val", step)
-            if self.ckpt_every and step % self.ckpt_every == 0:
-                self._save(out, step, field, opt, sched)
-        train_time = time.time() - t0
-        self._save(out, self.max_steps, field, opt, sched)
-
-        metrics: dict[str, Any] = {
-            "status": "completed",
-            "scene": scene.name,
-            "steps": self.max_steps,
-            "train_time_s": train_time,
-            "samples_per_s": samples / max(train_time, 1e-9),
-            "guard/skipped_steps": self.skipped_steps,
-        }
-        if self.history:
-            metrics.update({f"final/{k}": v for k, v in self.history[-1].items() if k != "step"})
+        step, elapsed = 0, 0.0
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, self.device)
+            step = self._restore(state, field, opt, sched, gen)
+            elapsed = float(state.get("elapsed_s", 0.0))
+            self.guard.skipped = int(state["guard"]["skipped"])
+            self.guard.rollbacks = int(state["guard"]["rollbacks"])
+            log.info("resumed from %s at step %d", resume_from, step)
+        try:
+            train_time = self._train_loop(scene, field, renderer, opt, sched, gen, out, step)
+        except TrainingDiverged as e:
+            write_json(out / "metrics.json", self._base_metrics(scene, "diverged", str(e)))
+            raise
+        metrics = self._base_metrics(scene, "completed")
+        metrics["train_time_s"] = elapsed + train_time
         metrics.update(self._validate(scene, field, renderer, out / "test", None))
         metrics.update(self._mesh_metrics(scene, field, out))
-        metrics["total_time_s"] = time.time() - t0
         write_json(out / "metrics.json", metrics)
         summary = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
         log.info("metrics: %s", summary)
         return metrics
 
-    def _save(self, out: Path, step: int, field: nn.Module, opt, sched) -> None:
-        state = {
-            "step": step,
-            "field": field.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-        }
-        save_checkpoint(out / "checkpoints" / f"step_{step:07d}.ckpt", state)
+    def _base_metrics(self, scene: Scene, status: str, error: str | None = None) -> dict[str, Any]:
+        m: dict[str, Any] = {"status": status, "scene": scene.name, "steps": self.max_steps}
+        if error:
+            m["error"] = error
+        m.update(self.guard.counters())
+        m["guard/log"] = [e.as_dict() for e in self.guard.events]
+        if self.history:
+            m.update({f"final/{k}": v for k, v in self.history[-1].items() if k != "step"})
+            m["samples_per_s"] = self.history[-1].get("samples_per_s", 0.0)
+        return m
+
+    def _train_loop(self, scene, field, renderer, opt, sched, gen, out: Path, step: int) -> float:
+        """Optimise from ``step`` to ``max_steps``; returns wall time in seconds."""
+        bg = scene.background.to(self.device)
+        use_mask = self.use_mask and scene.masks is not None
+        amp_dtype = _PRECISIONS[self.precision]
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        t0, samples, iteration = time.time(), 0, 0
+        bar = tqdm(total=self.max_steps, initial=step, disable=not self.progress, desc="train")
+        while step < self.max_steps:
+            step += 1
+            iteration += 1
+            field.train()
+            renderer.train()
+            if hasattr(renderer, "update_step"):
+                renderer.update_step(step)
+            batch = scene.sample_rays(self.batch_rays, gen, self.device)
+            with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
+                r = renderer(field, batch.origins, batch.dirs, bg)
+            loss, terms = self._losses(r, batch.rgb, batch.mask if use_mask else None)
+            if self._fault("nan_loss_at", iteration):
+                loss = loss * float("nan")
+
+            cause = None
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                cause = "loss"
+            else:
+                scaler.scale(loss).backward()
+                if self._fault("nan_grad_at", iteration):
+                    next(p for p in field.parameters() if p.grad is not None).grad.fill_(math.nan)
+                scaler.unscale_(opt)
+                # fp16 overflow is the GradScaler's business (it skips and lowers the scale).
+                if not scaler.is_enabled() and not self.guard.grads_finite(field):
+                    cause = "grad"
+                else:
+                    if self.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(field.parameters(), self.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    if self._fault("nan_param_at", iteration):
+                        with torch.no_grad():
+                            next(iter(field.parameters())).fill_(math.nan)
+                    inv_s = getattr(field, "inv_s", None)
+                    bad_param = inv_s is not None and not bool(torch.isfinite(inv_s()))
+                    if self._fault("nan_param_at", iteration) or bad_param:
+                        cause = "param"
+            sched.step()
+
+            if cause is not None:
+                snap = self.guard.bad_step(step, cause)
+                if snap is not None:  # roll back model, optimizer and schedule; slow down
+                    step = self._restore(snap.state, field, opt, sched, gen, rng=False)
+                    # Compounds over rollbacks, even when restoring the same snapshot again.
+                    scale_lr(opt, sched, self.guard.lr_scale / snap.lr_scale)
+                    bar.n = step
+                    bar.refresh()
+                    continue
+            else:
+                elapsed = time.time() - t0
+                self.guard.good_step(
+                    step, lambda s=step, e=elapsed: self._state(s, field, opt, sched, gen, e)
+                )
+            samples += r.num_samples
+            bar.update(1)
+            if step % self.log_every == 0 or step == self.max_steps:
+                self._log_step(bar, step, loss, r, batch, terms, opt, samples / (time.time() - t0))
+            if self.val_every and step % self.val_every == 0 and step < self.max_steps:
+                self._validate(scene, field, renderer, out / "val", step)
+            if (self.ckpt_every and step % self.ckpt_every == 0) or step == self.max_steps:
+                self._save(out, self._state(step, field, opt, sched, gen, time.time() - t0))
+        bar.close()
+        return time.time() - t0
+
+    def _log_step(self, bar, step, loss, r: RenderOutput, batch, terms, opt, sps: float) -> None:
+        mse = ((r.color.float() - batch.rgb) ** 2).mean().item()
+        row = {"step": step, "loss": loss.item(), "train/psnr": -10 * math.log10(max(mse, 1e-10))}
+        row.update({f"loss/{k}": v.item() for k, v in terms.items()})
+        row.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)})
+        if "inv_s" in r.extras:
+            row["inv_s"] = r.extras["inv_s"].item()
+        row["samples_per_s"] = sps
+        self.history.append(row)
+        post = {"loss": f"{row['loss']:.4f}", "psnr": f"{row['train/psnr']:.2f}"}
+        if "inv_s" in row:
+            post["inv_s"] = f"{row['inv_s']:.1f}"
+        post["lr"] = f"{opt.param_groups[0]['lr']:.2e}"
+        bar.set_postfix(post)
+        log.debug("step %d %s", step, row)
+
+    def _save(self, out: Path, state: dict) -> None:
+        save_checkpoint(out / "checkpoints" / f"step_{state['step']:07d}.ckpt", state)
         prune_checkpoints(out / "checkpoints", max(1, self.keep_ckpts))
 
     # ------------------------------------------------------------------ evaluation
@@ -213,21 +353,23 @@ class Trainer:
         renderer.eval()
         H, W = scene.hw
         bg = scene.background.to(self.device)
-        parts: dict[str, list[torch.Tensor]] = {
-            "color": [],
-            "opacity": [],
-            "depth": [],
-            "normal": [],
-        }
-        for batch in scene.view_rays(view, self.chunk, self.device):
-            r = renderer(field, batch.origins, batch.dirs, bg)
-            parts["color"].append(r.color.cpu())
-            parts["opacity"].append(r.opacity.cpu())
-            parts["depth"].append(r.depth.cpu())
-            normal = r.normal if r.normal is not None else torch.zeros_like(r.color)
-            parts["normal"].append(normal.cpu())
-        shapes = {"color": (H, W, 3), "normal": (H, W, 3), "opacity": (H, W), "depth": (H, W)}
-        return {k: torch.cat(v).reshape(shapes[k]).numpy() for k, v in parts.items()}
+
+        def render(chunk: int) -> dict[str, np.ndarray]:
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("color", "opacity", "depth")}
+            parts["normal"] = []
+            for batch in scene.view_rays(view, chunk, self.device):
+                r = renderer(field, batch.origins, batch.dirs, bg)
+                parts["color"].append(r.color.float().cpu())
+                parts["opacity"].append(r.opacity.float().cpu())
+                parts["depth"].append(r.depth.float().cpu())
+                normal = r.normal if r.normal is not None else torch.zeros_like(r.color)
+                parts["normal"].append(normal.float().cpu())
+            shapes = {"color": (H, W, 3), "normal": (H, W, 3), "opacity": (H, W), "depth": (H, W)}
+            return {k: torch.cat(v).reshape(shapes[k]).numpy() for k, v in parts.items()}
+
+        # On out-of-memory the chunk halves and the view is rendered again; keep the new size.
+        img, self.chunk = retry_on_oom(render, self.chunk, f"rendering view {view}")
+        return img
 
     def _validate(
         self, scene: Scene, field: nn.Module, renderer: nn.Module, folder: Path, step: int | None
@@ -269,12 +411,16 @@ class Trainer:
             return {}
         field.eval()
         try:
-            mesh = extract_mesh(
-                field.geometry,
-                scene.to_world,
-                self.mesh_resolution,
-                chunk=self.chunk * 32,
-                device=self.device,
+            mesh, _ = retry_on_oom(
+                lambda chunk: extract_mesh(
+                    field.geometry,
+                    scene.to_world,
+                    self.mesh_resolution,
+                    chunk=chunk,
+                    device=self.device,
+                ),
+                self.chunk * 32,
+                "mesh extraction",
             )
         except MeshExtractionError as e:
             log.error("mesh extraction: %s", e)

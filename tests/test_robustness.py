@@ -1,0 +1,251 @@
+"""Training that cannot silently fail: NaN guard, divergence, resume, OOM, bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, compose_cfg
+
+from neurecon.build import build
+from neurecon.errors import NeuReconError
+from neurecon.optim import lr_factor
+from neurecon.train.checkpoint import load_checkpoint, save_checkpoint
+from neurecon.train.guard import TrainingDiverged
+
+FAST = [*TINY, "dataset.shape=sphere", "optimizer.lr=5e-3", "trainer.log_every=10"]
+
+
+def _fit(tmp_path, *overrides):
+    run = build(compose_cfg([*FAST, *overrides]))
+    return run, run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+
+
+def test_nan_loss_and_grad_at_step_k_are_skipped_and_logged(tmp_path):
+    run, m = _fit(
+        tmp_path,
+        "trainer.max_steps=40",
+        "trainer.faults.nan_loss_at=[10]",
+        "trainer.faults.nan_grad_at=[20]",
+    )
+    assert m["status"] == "completed" and np.isfinite(m["test/psnr"])
+    assert m["guard/skipped_steps"] == 2 and m["guard/rollbacks"] == 0
+    assert m["guard/log"] == [
+        {"step": 10, "cause": "loss", "action": "skip"},
+        {"step": 20, "cause": "grad", "action": "skip"},
+    ]
+    assert all(torch.isfinite(p).all() for p in run.field.parameters())
+
+
+def test_repeated_nan_rolls_back_with_lower_lr(tmp_path):
+    run, m = _fit(
+        tmp_path,
+        "trainer.max_steps=60",
+        "trainer.guard.snapshot_every=10",
+        "trainer.guard.max_bad_steps=3",
+        "trainer.faults.nan_loss_at=[25,26,27]",
+    )
+    assert m["status"] == "completed" and m["guard/rollbacks"] == 1
+    ev = m["guard/log"]
+    assert [e["action"] for e in ev] == ["skip", "skip", "rollback"]
+    # Rolled back to the step-21 snapshot, finished all 60 steps at half the scheduled lr.
+    o = run.optimizer
+    expected = 5e-3 * 0.5 * lr_factor(60, 60, o.warmup_steps, o.decay, o.final_ratio)
+    assert m["final/lr/network"] == pytest.approx(expected, rel=1e-6)
+    assert run.trainer.history[-1]["step"] == 60
+
+
+def test_non_finite_parameter_rolls_back_at_once(tmp_path):
+    run, m = _fit(
+        tmp_path,
+        "trainer.max_steps=30",
+        "trainer.guard.snapshot_every=5",
+        "trainer.faults.nan_param_at=[12]",
+    )
+    assert m["guard/log"] == [{"step": 12, "cause": "param", "action": "rollback"}]
+    assert all(torch.isfinite(p).all() for p in run.field.parameters())
+    assert np.isfinite(m["test/psnr"])
+
+
+def test_hopeless_divergence_stops_with_diverged_status(tmp_path):
+    with pytest.raises(TrainingDiverged, match="diverged at step"):
+        _fit(
+            tmp_path,
+            "trainer.max_steps=200",
+            "trainer.guard.snapshot_every=5",
+            "trainer.guard.max_rollbacks=2",
+            "trainer.faults.nan_loss_from=15",
+        )
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "diverged" and m["guard/rollbacks"] == 2
+    assert m["guard/log"][-1]["action"] == "stop" and "lower optimizer.lr" in m["error"]
+    assert not (tmp_path / "mesh.ply").exists()
+
+
+def test_absurd_lr_never_yields_a_silent_nan_mesh(tmp_path):
+    """lr=1.0 on NeuS: either the guard reports divergence, or everything written is finite."""
+    try:
+        _, m = _fit(
+            tmp_path, "trainer.max_steps=80", "optimizer.lr=1.0", "optimizer.warmup_steps=0"
+        )
+    except TrainingDiverged:
+        m = json.loads((tmp_path / "metrics.json").read_text())
+        assert m["status"] == "diverged"
+        return
+    assert m["status"] == "completed" and np.isfinite(m["test/psnr"])
+    if "mesh_error" not in m:
+        import trimesh
+
+        assert np.isfinite(trimesh.load(tmp_path / "mesh.ply").vertices).all()
+        assert np.isfinite(m["chamfer/mean"])
+
+
+def test_checkpoint_write_interrupted_leaves_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "step_0000010.ckpt"
+    save_checkpoint(path, {"step": 10, "w": torch.ones(3)})
+
+    def dying_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 20, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000010.ckpt"]
+
+
+def _cli(out, *overrides):
+    return [sys.executable, "train.py", f"hydra.run.dir={out}", *FAST, *overrides]
+
+
+def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    for delay in (6.0, 6.7, 7.3):  # land inside saves: one every step
+        proc = subprocess.Popen(
+            _cli(
+                out,
+                "trainer.max_steps=100000",
+                "trainer.ckpt_every=1",
+                "trainer.keep_ckpts=3",
+                "trainer.resume=auto",
+            ),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for ck in (out / "checkpoints").glob("step_*.ckpt"):
+            assert load_checkpoint(ck)["step"] == int(ck.stem.split("_")[1])
+    assert list((out / "checkpoints").glob("step_*.ckpt"))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = ["trainer.max_steps=150", "trainer.ckpt_every=25"]
+    ref = subprocess.run(_cli(tmp_path / "ref", *args), cwd=REPO, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(out, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while not list((out / "checkpoints").glob("step_0000050.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    # A plain restart refuses to overwrite the unfinished run; resume=auto continues it.
+    res = subprocess.run(_cli(out, *args), cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2 and "trainer.resume=auto" in res.stderr
+    res = subprocess.run(
+        _cli(out, *args, "trainer.resume=auto"), cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 150 and load_checkpoint(out / "checkpoints" / "step_0000150.ckpt")
+    assert abs(m["test/psnr"] - m_ref["test/psnr"]) < 0.5, (m["test/psnr"], m_ref["test/psnr"])
+
+
+def test_validation_halves_chunk_on_oom(tmp_path, caplog):
+    run = build(compose_cfg([*FAST, "trainer.chunk=1024"]))
+    real = run.renderer.forward
+
+    def small_memory(field, o, d, bg):
+        if o.shape[0] > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(field, o, d, bg)
+
+    ref = run.trainer.render_view(run.scene, run.field, run.renderer, 0)
+    run.renderer.forward = small_memory
+    img = run.trainer.render_view(run.scene, run.field, run.renderer, 0)
+    assert run.trainer.chunk == 64  # 1024 → 512 → 256 → 128 → 64
+    assert np.allclose(img["color"], ref["color"], atol=1e-5)
+    assert "out of memory, retrying with chunk=64" in caplog.text
+
+
+def test_finished_run_is_never_overwritten(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"status": "completed"}')
+    with pytest.raises(NeuReconError, match="already holds a finished run"):
+        _fit(tmp_path, "trainer.max_steps=5")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "completed"}
+    _, m = _fit(tmp_path, "trainer.max_steps=5", "trainer.overwrite=true")
+    assert m["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr must be a finite number > 0"),
+        ("optimizer.lr_variance=nan", "optimizer.lr_variance must be a finite number"),
+        ("optimizer.decay=linear", "optimizer.decay='linear'"),
+        ("dataset.resolution=0", "need resolution >= 8"),
+        ("dataset.shape=teapot", "dataset.shape='teapot' is unknown"),
+        ("trainer.batch_rays=0", "trainer.batch_rays must be >= 1"),
+        ("trainer.mesh_resolution=4", "trainer.mesh_resolution must be 0 or >= 8"),
+        ("trainer.precision=fp8", "trainer.precision='fp8'"),
+        ("trainer.guard.lr_factor=2", "trainer.guard.lr_factor must be in"),
+        ("trainer.resume=/no/such.ckpt", "checkpoint /no/such.ckpt does not exist"),
+        ("trainer.loss.color_type=l3", "trainer.loss.color_type='l3'"),
+        ("field.variance_init=inf", "field.variance_init must be finite"),
+        ("renderer.n_samples=1", "need n_samples >= 2"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path, override, message):
+    with pytest.raises(NeuReconError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        _fit(tmp_path, "trainer.max_steps=2", override)
+
+
+def test_encoder_backend_error_via_cli(tmp_path):
+    res = subprocess.run(
+        _cli(tmp_path, "encoder=hashgrid", "encoder.backend=magic"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "encoder.backend='magic' is unknown" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_lr_back_off_compounds_when_rolling_back_to_the_same_snapshot(tmp_path):
+    _, m = _fit(
+        tmp_path,
+        "trainer.max_steps=40",
+        "trainer.guard.snapshot_every=1000",
+        "trainer.guard.max_bad_steps=2",
+        "trainer.faults.nan_loss_at=[10,11,20,21]",
+    )
+    assert m["guard/rollbacks"] == 2
+    assert [e["step"] for e in m["guard/log"] if e["action"] == "rollback"] == [11, 11]
+    assert m["final/lr/network"] == pytest.approx(
+        5e-3 * 0.25 * lr_factor(40, 40, 100, "cosine", 0.05), rel=1e-6
+    )
