@@ -54,7 +54,7 @@ def build(cfg: DictConfig) -> Run:
         field=_instantiate(cfg.field, "field", encoder=encoder),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=_instantiate(cfg.optimizer, "optimizer"),
-        trainer=_instantiate(cfg.trainer, "trainer"),
+        trainer=_instantiate(cfg.trainer, "trainer", metrics=cfg.get("metrics")),
     )
 
 
@@ -71,6 +71,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float:
         r.scene.masks is not None,
     )
     metrics = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, out_dir)
+    if metrics["status"] != "completed":
+        log.error("run finished with status %r: %s", metrics["status"], metrics.get("error"))
     value = metrics.get(r.trainer.objective)
     if value is None:
         raise ConfigError(

@@ -96,7 +96,9 @@ def test_absurd_lr_never_yields_a_silent_nan_mesh(tmp_path):
         m = json.loads((tmp_path / "metrics.json").read_text())
         assert m["status"] == "diverged"
         return
-    assert m["status"] == "completed" and np.isfinite(m["test/psnr"])
+    assert np.isfinite(m["test/psnr"])
+    # Measured: lr=1.0 collapses the SDF to no surface without a NaN; that must be flagged.
+    assert m["status"] == ("degenerate" if "mesh_error" in m else "completed")
     if "mesh_error" not in m:
         import trimesh
 
@@ -173,6 +175,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 150 and load_checkpoint(out / "checkpoints" / "step_0000150.ckpt")
+    print(f"resumed {m['test/psnr']:.3f} dB vs uninterrupted {m_ref['test/psnr']:.3f} dB")
     assert abs(m["test/psnr"] - m_ref["test/psnr"]) < 0.5, (m["test/psnr"], m_ref["test/psnr"])
 
 

@@ -119,6 +119,12 @@ class Scene:
         """(H, W) bool foreground mask or None."""
         return None if self.masks is None else self.masks[view].numpy() > 127
 
+    def world_projections(self) -> np.ndarray:
+        """(V, 3, 4) projections of WORLD points to pixels (``K [R|t] to_world⁻¹``)."""
+        w2c = np.linalg.inv(self.c2w.double().numpy())  # normalised frame → camera
+        P = np.einsum("vij,vjk->vik", self.K.double().numpy(), w2c[:, :3])
+        return P @ np.linalg.inv(self.to_world)
+
     def to_world_points(self, pts: np.ndarray) -> np.ndarray:
         """(N, 3) normalised-frame points → world frame."""
         return pts @ self.to_world[:3, :3].T + self.to_world[:3, 3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from neurecon.geometry import extract_mesh
 from neurecon.io import atomic_write, write_json
 from neurecon.memory import retry_on_oom
 from neurecon.metrics import chamfer, psnr, sample_surface, ssim
+from neurecon.metrics.dtu import evaluate_dtu_mesh
+from neurecon.metrics.lpips import LPIPSUnavailable, lpips
 from neurecon.optim import OptimizerFactory
 from neurecon.render.common import RenderOutput
 from neurecon.train.checkpoint import (
@@ -70,6 +73,9 @@ class Trainer:
             (lists) and ``nan_loss_from`` (every iteration from then on).
         resume: ``never``, ``auto`` (newest checkpoint in the run dir, if any) or a file path.
         overwrite: allow writing into a run dir that already holds a finished run.
+        metrics: ``lpips_net`` (alex | vgg | null to skip), ``dtu_gt_root`` / ``dtu_scan`` (the
+            official DTU evaluation files; scan defaults to the scene's ``dtu_scanN`` name),
+            ``dtu_mask_dilate`` (pixels).
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class Trainer:
         faults: Mapping[str, Any] | None = None,
         resume: str = "never",
         overwrite: bool = False,
+        metrics: Mapping[str, Any] | None = None,
     ) -> None:
         for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays), ("chunk", chunk)):
             if int(val) < 1:
@@ -132,6 +139,12 @@ class Trainer:
         self.resume, self.overwrite = resume, overwrite
         self.history: list[dict[str, float]] = []  # logged every ``log_every`` steps
         self.guard = NaNGuard(**self.guard_cfg)
+        mcfg = {"lpips_net": "alex", "dtu_gt_root": None, "dtu_scan": None, "dtu_mask_dilate": 12}
+        unknown = set(metrics or {}) - set(mcfg)
+        if unknown:
+            raise ConfigError(f"metrics: unknown key(s) {sorted(unknown)}; known {sorted(mcfg)}")
+        mcfg.update(dict(metrics or {}))
+        self.metrics_cfg = mcfg
 
     # ------------------------------------------------------------------ training
     def _losses(self, out: RenderOutput, rgb: torch.Tensor, mask: torch.Tensor | None):
@@ -229,8 +242,28 @@ class Trainer:
             raise
         metrics = self._base_metrics(scene, "completed")
         metrics["train_time_s"] = elapsed + train_time
+        return self.evaluate(scene, field, renderer, out, metrics)
+
+    def evaluate(
+        self,
+        scene: Scene,
+        field: nn.Module,
+        renderer: nn.Module,
+        out: Path,
+        metrics: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Test-view metrics, ``mesh.ply`` and Chamfer / DTU metrics → ``metrics.json``."""
+        metrics = dict(metrics or {"status": "completed", "scene": scene.name})
+        t0 = time.time()
+        field.to(self.device)
+        renderer.to(self.device)
         metrics.update(self._validate(scene, field, renderer, out / "test", None))
         metrics.update(self._mesh_metrics(scene, field, out))
+        if "mesh_error" in metrics:  # finished, but the field has no usable surface
+            metrics["status"] = "degenerate"
+            metrics["error"] = metrics["mesh_error"]
+        metrics["eval_time_s"] = time.time() - t0
+        metrics["total_time_s"] = metrics.get("train_time_s", 0.0) + metrics["eval_time_s"]
         write_json(out / "metrics.json", metrics)
         summary = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
         log.info("metrics: %s", summary)
@@ -378,7 +411,7 @@ class Trainer:
         views = scene.test_ids.tolist()
         if step is not None:
             views = views[: max(1, self.val_views)]
-        per_view = []
+        per_view, lpips_missing = [], None
         for v in tqdm(views, disable=not self.progress, desc="render", leave=False):
             img = self.render_view(scene, field, renderer, v)
             gt, m = scene.image(v), scene.mask(v)
@@ -386,6 +419,12 @@ class Trainer:
             row = {"view": v, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
             if m is not None and m.any():
                 row["psnr_masked"] = psnr(pred, gt, m)
+            if step is None and self.metrics_cfg["lpips_net"] and not lpips_missing:
+                try:
+                    row["lpips"] = lpips(pred, gt, self.metrics_cfg["lpips_net"])
+                except LPIPSUnavailable as e:  # reported as missing, never made up
+                    lpips_missing = str(e)
+                    log.warning("%s", e)
             per_view.append(row)
             normal = (img["normal"] * 0.5 + 0.5) * img["opacity"][..., None]
             panel = np.concatenate([pred, gt, np.clip(normal, 0, 1)], axis=1)
@@ -395,7 +434,7 @@ class Trainer:
             )
         res: dict[str, Any] = {}
         prefix = "val" if step is not None else "test"
-        for key in ("psnr", "ssim", "psnr_masked"):
+        for key in ("psnr", "ssim", "psnr_masked", "lpips"):
             vals = [r[key] for r in per_view if key in r]
             if vals:
                 res[f"{prefix}/{key}"] = float(np.mean(vals))
@@ -403,6 +442,8 @@ class Trainer:
             log.info("step %d validation: %s", step, res)
         else:
             res["test/per_view"] = per_view
+            if lpips_missing:
+                res["lpips_missing"] = lpips_missing
         return res
 
     def _mesh_metrics(self, scene: Scene, field: nn.Module, out: Path) -> dict[str, Any]:
@@ -435,4 +476,26 @@ class Trainer:
             res.update({f"chamfer/{k}": v for k, v in cd.items()})
             res["chamfer/object_radius"] = radius
             res["chamfer/relative"] = cd["mean"] / radius
+        if self.metrics_cfg["dtu_gt_root"]:
+            res.update(self._dtu_metrics(scene, mesh))
         return res
+
+    def _dtu_metrics(self, scene: Scene, mesh) -> dict[str, Any]:
+        scan = self.metrics_cfg["dtu_scan"]
+        if scan is None:
+            found = re.search(r"scan(\d+)", scene.name)
+            if not found:
+                raise ConfigError(
+                    f"metrics.dtu_scan is not set and scene {scene.name!r} names none"
+                )
+            scan = int(found.group(1))
+        masks = None if scene.masks is None else scene.masks.numpy() > 127
+        d = evaluate_dtu_mesh(
+            mesh,
+            self.metrics_cfg["dtu_gt_root"],
+            int(scan),
+            world_mats=scene.world_projections() if masks is not None else None,
+            masks=masks,
+            dilate=int(self.metrics_cfg["dtu_mask_dilate"]),
+        )
+        return {f"dtu/{k}": v for k, v in d.items()}

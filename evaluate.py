@@ -1,0 +1,91 @@
+"""Metric tables from finished runs.
+
+python evaluate.py outputs/2026-11-24/12-00-00             # one run
+python evaluate.py multirun/2026-11-24/12-00-00            # every run of a sweep
+python evaluate.py 'outputs/*/*' --format latex --out table.tex
+python evaluate.py runs/ --by-scene chamfer                # scenes as columns (DTU papers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from neurecon.errors import NeuReconError
+from neurecon.evaluate import (
+    FORMATS,
+    build_table,
+    find_runs,
+    label_runs,
+    load_run,
+    pivot_table,
+    render,
+    write_output,
+)
+
+log = logging.getLogger("evaluate")
+
+
+def recompute(run_dir: Path) -> None:
+    """Re-render the test views and re-extract the mesh from the run's newest checkpoint."""
+    from omegaconf import OmegaConf
+
+    from neurecon.build import build
+    from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if not cfg_file.is_file() or ckpt is None:
+        raise NeuReconError(f"{run_dir}: --recompute needs .hydra/config.yaml and a checkpoint")
+    run = build(OmegaConf.load(cfg_file))
+    state = load_checkpoint(ckpt, run.trainer.device)
+    run.field.load_state_dict(state["field"])
+    old = run_dir / "metrics.json"
+    base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}
+    base.update({"status": base.get("status", "completed"), "steps": int(state["step"])})
+    log.info("recomputing %s from %s", run_dir, ckpt.name)
+    run.trainer.evaluate(run.scene, run.field, run.renderer, run_dir, base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="run directories, sweep directories or globs")
+    ap.add_argument("--format", default="markdown", choices=FORMATS)
+    ap.add_argument("--out", help="write the table to this file (atomically) instead of stdout")
+    ap.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute metrics from each run's newest checkpoint",
+    )
+    ap.add_argument(
+        "--by-scene",
+        metavar="COLUMN",
+        help="paper-style table of one column (e.g. chamfer, psnr) per scene",
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        dirs = find_runs(args.paths)
+        if args.recompute:
+            for d in dirs:
+                recompute(d)
+        runs = [r for r in (load_run(d) for d in dirs) if r is not None]
+        if not runs:
+            raise NeuReconError(
+                f"none of the {len(dirs)} run(s) found has metrics.json; "
+                "finish them or use --recompute"
+            )
+        label_runs(runs)
+        table = pivot_table(runs, args.by_scene) if args.by_scene else build_table(runs)
+        write_output(render(*table, args.format), args.out)
+    except NeuReconError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

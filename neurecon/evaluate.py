@@ -1,0 +1,237 @@
+"""Metric tables from finished runs (the library behind ``evaluate.py``)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from neurecon.errors import NeuReconError
+from neurecon.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+# (column header, metric keys in order of preference, format, lower is better)
+COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("PSNR↑", ("test/psnr",), "{:.2f}"),
+    ("SSIM↑", ("test/ssim",), "{:.3f}"),
+    ("LPIPS↓", ("test/lpips",), "{:.3f}"),
+    ("Chamfer↓", ("dtu/overall", "chamfer/mean"), "{:.4g}"),
+    ("time (s)", ("total_time_s", "train_time_s"), "{:.0f}"),
+]
+FORMATS = ("markdown", "csv", "json", "latex")
+
+
+class EvaluationError(NeuReconError):
+    """Nothing to tabulate (no runs, no metrics)."""
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    metrics: dict[str, Any]
+    choices: dict[str, str] = field(default_factory=dict)  # config group → option
+    config: dict[str, Any] = field(default_factory=dict)  # flattened dotted keys
+    label: str = ""
+
+    @property
+    def scene(self) -> str:
+        return str(self.metrics.get("scene", self.path.name))
+
+    def value(self, keys: tuple[str, ...]) -> float | None:
+        for k in keys:
+            v = self.metrics.get(k)
+            if isinstance(v, int | float) and math.isfinite(v):
+                return float(v)
+        return None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def is_run_dir(p: Path) -> bool:
+    return (p / "metrics.json").is_file() or (p / ".hydra" / "config.yaml").is_file()
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories named by ``paths`` (run dirs, sweep dirs or globs), in sorted order."""
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        for m in matches:
+            p = Path(m)
+            if not p.exists():
+                raise EvaluationError(f"{p} does not exist")
+            if is_run_dir(p):
+                found.append(p)
+            else:  # a sweep or outputs folder: every run below it
+                found += sorted(
+                    {c.parent for c in p.rglob("metrics.json")}
+                    | {c.parent.parent for c in p.rglob(".hydra/config.yaml")}
+                )
+    runs = sorted(dict.fromkeys(found))
+    if not runs:
+        raise EvaluationError(
+            f"no runs found under {', '.join(paths)} (a run folder holds "
+            "metrics.json or .hydra/config.yaml)"
+        )
+    return runs
+
+
+def load_run(path: Path) -> RunRecord | None:
+    """A run's metrics and config; None (with a warning) when it has no metrics."""
+    mfile = path / "metrics.json"
+    if not mfile.is_file():
+        log.warning("%s: no metrics.json (unfinished run?); use --recompute to evaluate it", path)
+        return None
+    try:
+        metrics = json.loads(mfile.read_text())
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"{mfile}: not valid JSON ({e})") from None
+    rec = RunRecord(path, metrics)
+    cfg_file, hydra_file = path / ".hydra" / "config.yaml", path / ".hydra" / "hydra.yaml"
+    if cfg_file.is_file():
+        rec.config = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False))
+    if hydra_file.is_file():
+        hy = OmegaConf.load(hydra_file)
+        choices = OmegaConf.select(hy, "hydra.runtime.choices", default={}) or {}
+        rec.choices = {k: str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
+    return rec
+
+
+def label_runs(runs: list[RunRecord]) -> None:
+    """Label each run by the config group options and keys that differ between the runs."""
+    groups = sorted({g for r in runs for g in r.choices})
+    diff_groups = [g for g in groups if len({r.choices.get(g) for r in runs}) > 1]
+    # Only keys every run has: runs from older code versions lack newer keys.
+    keys = sorted(set.intersection(*(set(r.config) for r in runs))) if runs else []
+    skip = {"dataset.root", "dataset.scan"}  # the scene has its own column
+    diff_keys = [
+        k
+        for k in keys
+        if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+        and k not in skip
+        and not k.endswith("._target_")
+        and k.split(".")[0] not in diff_groups  # implied by the group option
+    ]
+    for r in runs:
+        parts = [f"{g}={r.choices.get(g)}" for g in diff_groups]
+        parts += [f"{k}={r.config.get(k)}" for k in diff_keys]
+        r.label = ", ".join(parts) or "default"
+
+
+def _fmt(v: float | None, f: str) -> str:
+    return "–" if v is None else f.format(v)
+
+
+def build_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Rows per run plus a mean row. Returns header, formatted rows, raw records."""
+    header = ["run", "scene", *[c[0] for c in COLUMNS]]
+    rows, raw = [], []
+    for r in runs:
+        vals = [r.value(keys) for _, keys, _ in COLUMNS]
+        rows.append(
+            [r.label, r.scene, *[_fmt(v, c[2]) for v, c in zip(vals, COLUMNS, strict=True)]]
+        )
+        raw.append(
+            {
+                "run": r.label,
+                "scene": r.scene,
+                "path": str(r.path),
+                "status": r.metrics.get("status"),
+                **{c[0]: v for c, v in zip(COLUMNS, vals, strict=True)},
+            }
+        )
+    means = []
+    for c in COLUMNS:
+        vals = [x[c[0]] for x in raw if x[c[0]] is not None]
+        means.append(sum(vals) / len(vals) if vals else None)
+    rows.append(["mean", "", *[_fmt(m, c[2]) for m, c in zip(means, COLUMNS, strict=True)]])
+    raw.append(
+        {"run": "mean", "scene": "", **{c[0]: m for c, m in zip(COLUMNS, means, strict=True)}}
+    )
+    return header, rows, raw
+
+
+def pivot_table(
+    runs: list[RunRecord], column: str
+) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Paper-style table: one row per label, scenes as columns, mean at the end."""
+    spec = next((c for c in COLUMNS if c[0].lower().startswith(column.lower())), None)
+    if spec is None:
+        raise EvaluationError(f"--by-scene {column!r}: choose from {[c[0] for c in COLUMNS]}")
+    scenes = sorted({r.scene for r in runs}, key=lambda s: (len(s), s))
+    labels = list(dict.fromkeys(r.label for r in runs))
+    header = [spec[0], *scenes, "mean"]
+    rows, raw = [], []
+    for lab in labels:
+        vals = {}
+        for s in scenes:
+            v = [r.value(spec[1]) for r in runs if r.label == lab and r.scene == s]
+            v = [x for x in v if x is not None]
+            vals[s] = sum(v) / len(v) if v else None
+        present = [x for x in vals.values() if x is not None]
+        mean = sum(present) / len(present) if present else None
+        rows.append([lab, *[_fmt(vals[s], spec[2]) for s in scenes], _fmt(mean, spec[2])])
+        raw.append({"run": lab, **vals, "mean": mean})
+    return header, rows, raw
+
+
+def render(header: list[str], rows: list[list[str]], raw: list[dict], fmt: str) -> str:
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":  # raw numbers (full precision, empty when missing) for spreadsheets
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(raw[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows([{k: "" if v is None else v for k, v in r.items()} for r in raw])
+        return buf.getvalue()
+    if fmt == "json":
+        return json.dumps(raw, indent=2, allow_nan=False) + "\n"
+    if fmt == "latex":
+        esc = {
+            "&": r"\&",
+            "%": r"\%",
+            "_": r"\_",
+            "#": r"\#",
+            "↑": r"$\uparrow$",
+            "↓": r"$\downarrow$",
+        }
+
+        def tex(s: str) -> str:
+            return "".join(esc.get(ch, ch) for ch in s)
+
+        lines = [
+            r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+            r"\toprule",
+            " & ".join(tex(h) for h in header) + r" \\",
+            r"\midrule",
+        ]
+        lines += [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise EvaluationError(f"--format {fmt!r}: choose from {list(FORMATS)}")
+
+
+def write_output(text: str, out: str | None) -> None:
+    if out is None:
+        print(text, end="")
+    else:
+        atomic_write(out, lambda p: p.write_text(text))
+        log.info("wrote %s", out)

@@ -1,0 +1,113 @@
+"""evaluate.py on real tiny runs: tables, formats, grouping by differing config, errors."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY
+
+HASH = ["encoder.n_levels=4", "encoder.log2_table_size=12", "encoder.max_resolution=64"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two finished runs that differ by encoder, under one folder (like a multirun dir)."""
+    root = tmp_path_factory.mktemp("sweep")
+    for i, enc in enumerate([["encoder=frequency"], ["encoder=hashgrid", *HASH]]):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "train.py",
+                f"hydra.run.dir={root / str(i)}",
+                *TINY,
+                "dataset.shape=sphere",
+                "trainer.max_steps=30",
+                *enc,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+    return root
+
+
+def _evaluate(*args):
+    return subprocess.run(
+        [sys.executable, "evaluate.py", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _metrics(path):
+    return json.loads((path / "metrics.json").read_text())
+
+
+def test_markdown_table_labels_runs_by_the_differing_group(sweep):
+    res = _evaluate(sweep)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == "| run | scene | PSNR↑ | SSIM↑ | LPIPS↓ | Chamfer↓ | time (s) |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [r[0] for r in rows] == ["encoder=frequency", "encoder=hashgrid", "mean"]
+    m = [_metrics(sweep / "0"), _metrics(sweep / "1")]
+    for row, mi in zip(rows, m, strict=False):
+        assert row[1] == "synthetic_sphere"
+        assert row[2] == f"{mi['test/psnr']:.2f}" and row[3] == f"{mi['test/ssim']:.3f}"
+        assert row[5] == f"{mi['chamfer/mean']:.4g}"
+    assert rows[2][2] == f"{np.mean([x['test/psnr'] for x in m]):.2f}"
+
+
+def test_csv_and_json_round_trip(sweep, tmp_path):
+    m = {"encoder=frequency": _metrics(sweep / "0"), "encoder=hashgrid": _metrics(sweep / "1")}
+    assert _evaluate(sweep, "--format", "csv", "--out", tmp_path / "t.csv").returncode == 0
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows[:2]:
+        assert float(r["PSNR↑"]) == m[r["run"]]["test/psnr"]
+        assert float(r["Chamfer↓"]) == m[r["run"]]["chamfer/mean"]
+    assert rows[2]["run"] == "mean"
+    res = _evaluate(sweep, "--format", "json")
+    data = json.loads(res.stdout)
+    assert {d["run"]: d["SSIM↑"] for d in data[:2]} == {k: v["test/ssim"] for k, v in m.items()}
+
+
+def test_by_scene_pivot_and_latex(sweep):
+    res = _evaluate(sweep, "--by-scene", "psnr")
+    assert res.returncode == 0 and "| PSNR↑ | synthetic_sphere | mean |" in res.stdout
+    res = _evaluate(sweep, "--format", "latex")
+    assert (
+        res.returncode == 0 and r"\begin{tabular}" in res.stdout and "PSNR$\\uparrow$" in res.stdout
+    )
+
+
+def test_recompute_from_checkpoint_reproduces_metrics(sweep, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sweep / "0", run)
+    before = _metrics(run)
+    (run / "metrics.json").unlink()
+    res = _evaluate(run, "--recompute")
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = _metrics(run)
+    assert after["test/psnr"] == pytest.approx(before["test/psnr"], abs=1e-4)
+    assert after["chamfer/mean"] == pytest.approx(before["chamfer/mean"], rel=1e-3)
+
+
+def test_user_errors_are_messages_not_tracebacks(tmp_path):
+    res = _evaluate(tmp_path)
+    assert res.returncode == 2 and "no runs found" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "r" / ".hydra").mkdir(parents=True)
+    (tmp_path / "r" / ".hydra" / "config.yaml").write_text("a: 1\n")
+    res = _evaluate(tmp_path)
+    assert res.returncode == 2 and "none of the 1 run(s) found has metrics.json" in res.stderr
+    assert "no metrics.json (unfinished run?)" in res.stderr
+    res = _evaluate(tmp_path / "missing")
+    assert res.returncode == 2 and "does not exist" in res.stderr
