@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from neurecon.data.cameras import sphere_near_far
 
 
 @dataclass
@@ -96,3 +98,43 @@ def render_hits(
     if out.normal is not None:
         normal = normal.index_put((hit,), out.normal)
     return RenderOutput(color, opacity, depth, normal, out.eikonal, out.num_samples, out.extras)
+
+
+class SphereRenderer(nn.Module):
+    """Base of the renderers: clip rays to the unit sphere, render hits, composite background.
+
+    Subclasses set ``field_kind`` / ``name`` and implement ``_render_rays(field, o, d, near,
+    far)`` for rays that hit the sphere, returning colours *before* the background.
+    """
+
+    field_kind = ""  # the ``kind`` a field must declare
+    name = ""  # this renderer's config option; fields of the same option name match it
+
+    def __init__(self, background: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.background = None if background is None else torch.tensor(list(background)).float()
+
+    def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
+        raise NotImplementedError
+
+    def forward(
+        self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor
+    ) -> RenderOutput:
+        """Render rays (B, 3) in the normalised frame over ``background`` (3,) unless the
+        renderer has its own ``background`` configured."""
+        if getattr(field, "kind", None) != self.field_kind:
+            raise TypeError(
+                f"renderer={self.name} needs a {self.field_kind} field (field={self.name}), "
+                f"got {type(field).__name__}"
+            )
+        bg = self.background if self.background is not None else background
+        near, far, hit = sphere_near_far(origins, dirs)
+        return render_hits(
+            origins,
+            dirs,
+            near,
+            far,
+            hit,
+            bg,
+            lambda o, d, n, f: self._render_rays(field, o, d, n, f),
+        )

@@ -7,18 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from neurecon.data.cameras import sphere_near_far
 from neurecon.errors import ConfigError
 from neurecon.render.common import (
     RenderOutput,
-    render_hits,
+    SphereRenderer,
     render_weights_from_alpha,
     sample_pdf,
     stratified,
 )
 
 
-class NeRFRenderer(nn.Module):
+class NeRFRenderer(SphereRenderer):
     """Alpha compositing of a density field inside the unit sphere.
 
     Args:
@@ -28,6 +27,9 @@ class NeRFRenderer(nn.Module):
         background: RGB list, or null to use the scene's background colour.
     """
 
+    field_kind = "density"
+    name = "nerf"
+
     def __init__(
         self,
         n_samples: int = 64,
@@ -35,11 +37,10 @@ class NeRFRenderer(nn.Module):
         perturb: bool = True,
         background: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(background)
         if n_samples < 2 or n_importance < 0:
             raise ConfigError("renderer: need n_samples >= 2 and n_importance >= 0")
         self.n_samples, self.n_importance, self.perturb = n_samples, n_importance, perturb
-        self.background = None if background is None else torch.tensor(list(background)).float()
 
     def _composite(self, field: nn.Module, o: Tensor, d: Tensor, edges: Tensor, grad: bool):
         """Evaluate the field at interval midpoints. ``edges`` (B, S+1) → weights (B, S), out."""
@@ -71,23 +72,4 @@ class NeRFRenderer(nn.Module):
             opacity=weights.sum(-1),
             depth=(weights * mid).sum(-1),
             num_samples=B * S,
-        )
-
-    def forward(
-        self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor
-    ) -> RenderOutput:
-        if getattr(field, "kind", None) != "density":
-            raise TypeError(
-                f"renderer=nerf needs a density field (field=nerf), got {type(field).__name__}"
-            )
-        bg = self.background if self.background is not None else background
-        near, far, hit = sphere_near_far(origins, dirs)
-        return render_hits(
-            origins,
-            dirs,
-            near,
-            far,
-            hit,
-            bg,
-            lambda o, d, n, f: self._render_rays(field, o, d, n, f),
         )

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from neurecon.data.cameras import sphere_near_far
 from neurecon.errors import ConfigError
 from neurecon.render.common import (
     RenderOutput,
-    render_hits,
+    SphereRenderer,
     render_weights_from_alpha,
     sample_pdf,
     stratified,
@@ -30,7 +29,7 @@ def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Te
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
-class NeuSRenderer(nn.Module):
+class NeuSRenderer(SphereRenderer):
     """Volume rendering of an SDF field.
 
     Args:
@@ -41,6 +40,9 @@ class NeuSRenderer(nn.Module):
         background: RGB list, or null to use the scene's background colour.
     """
 
+    field_kind = "sdf"
+    name = "neus"
+
     def __init__(
         self,
         n_samples: int = 32,
@@ -50,14 +52,13 @@ class NeuSRenderer(nn.Module):
         anneal_end: int = 0,
         background: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(background)
         if n_samples < 2 or n_importance < 0 or up_sample_steps < 0:
             raise ConfigError("renderer: need n_samples >= 2, n_importance >= 0")
         if n_importance and (up_sample_steps == 0 or n_importance % up_sample_steps):
             raise ConfigError("renderer.n_importance must be a multiple of up_sample_steps (> 0)")
         self.n_samples, self.n_importance, self.up_steps = n_samples, n_importance, up_sample_steps
         self.perturb, self.anneal_end = perturb, anneal_end
-        self.background = None if background is None else torch.tensor(list(background)).float()
         self.cos_anneal_ratio = 1.0 if anneal_end == 0 else 0.0
 
     def update_step(self, step: int) -> None:
@@ -124,24 +125,4 @@ class NeuSRenderer(nn.Module):
             eikonal=eik,
             num_samples=B * S,
             extras={"inv_s": inv_s.detach()},
-        )
-
-    def forward(
-        self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor
-    ) -> RenderOutput:
-        """Render rays (B, 3) in the normalised frame. ``background`` (3,) unless configured."""
-        if getattr(field, "kind", None) != "sdf":
-            raise TypeError(
-                f"renderer=neus needs an SDF field (field=neus), got {type(field).__name__}"
-            )
-        bg = self.background if self.background is not None else background
-        near, far, hit = sphere_near_far(origins, dirs)
-        return render_hits(
-            origins,
-            dirs,
-            near,
-            far,
-            hit,
-            bg,
-            lambda o, d, n, f: self._render_rays(field, o, d, n, f),
         )
