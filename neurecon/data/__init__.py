@@ -1,8 +1,17 @@
 """Datasets: every loader produces a :class:`~neurecon.data.scene.Scene`."""
 
 from neurecon.data.neus import NeuSScene
+from neurecon.data.posed import BlenderScene, NGPScene
 from neurecon.data.scene import RayBatch, Scene
 from neurecon.data.synthetic import SyntheticScene
 from neurecon.errors import DatasetError
 
-__all__ = ["DatasetError", "NeuSScene", "RayBatch", "Scene", "SyntheticScene"]
+__all__ = [
+    "BlenderScene",
+    "DatasetError",
+    "NGPScene",
+    "NeuSScene",
+    "RayBatch",
+    "Scene",
+    "SyntheticScene",
+]

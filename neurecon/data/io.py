@@ -79,3 +79,19 @@ def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
         m = m[..., 0]
     m = _downscale(m, int(downscale))
     return np.where(m > 127, 255, 0).astype(np.uint8)
+
+
+def load_rgba(path: Path, downscale: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 RGB and (H, W) uint8 alpha (None when the file has no alpha)."""
+    img = _to_uint8(_read(path), path)
+    if img.ndim == 3 and img.shape[-1] == 4:
+        img = _downscale(img, int(downscale))
+        return img[..., :3], img[..., 3]
+    return load_rgb(path, downscale), None
+
+
+def composite(rgb: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
+    """``rgb * a + background * (1 - a)`` in uint8 (background as RGB floats in [0, 1])."""
+    a = alpha[..., None].astype(np.float32) / 255.0
+    bg = np.asarray(background, np.float32) * 255.0
+    return (rgb.astype(np.float32) * a + bg * (1 - a) + 0.5).clip(0, 255).astype(np.uint8)

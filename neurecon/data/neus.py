@@ -8,6 +8,7 @@ to-world transform so exported meshes land back in world coordinates.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from neurecon.data.cameras import CameraError, decompose_projection
 from neurecon.data.io import list_images, load_mask, load_rgb
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 
 def cameras_from_neus(
@@ -59,8 +62,10 @@ class NeuSScene(Scene):
 
     Args:
         root: scene folder; with ``scan`` set, ``root/dtu_scan{scan}``.
-        cameras: camera file name inside ``root``.
-        use_mask: load ``mask/`` (paired with ``image/`` by sorted order).
+        cameras: camera file name inside ``root``; ``auto`` tries cameras_sphere.npz, then
+            cameras.npz.
+        use_mask: load ``mask/`` (paired with ``image/`` by sorted order); ``auto``: when the
+            folder exists. All-255 masks count as no masks.
         downscale: integer factor to shrink images by (area averaging).
         test_every: hold out every n-th view for testing (0: test on all views).
         train_on_test: also train on the held-out views (NeuS trains on all DTU views).
@@ -73,7 +78,7 @@ class NeuSScene(Scene):
         cameras: str = "cameras_sphere.npz",
         image_dir: str = "image",
         mask_dir: str = "mask",
-        use_mask: bool = True,
+        use_mask: bool | str = True,
         downscale: int = 1,
         test_every: int = 8,
         train_on_test: bool = False,
@@ -88,9 +93,10 @@ class NeuSScene(Scene):
             raise DatasetError(f"dataset.root: folder {rootp} does not exist")
         if int(downscale) < 1:
             raise DatasetError(f"dataset.downscale must be an integer >= 1, got {downscale}")
-        cam_path = rootp / cameras
+        names = ["cameras_sphere.npz", "cameras.npz"] if cameras == "auto" else [cameras]
+        cam_path = next((rootp / n for n in names if (rootp / n).is_file()), rootp / names[0])
         if not cam_path.is_file():
-            raise DatasetError(f"camera file {cam_path} is missing")
+            raise DatasetError(f"camera file {cam_path} is missing (dataset.cameras={cameras})")
         try:
             cams = dict(np.load(cam_path))
         except Exception as e:  # corrupt npz: zipfile / pickle errors of many kinds
@@ -118,6 +124,8 @@ class NeuSScene(Scene):
             images[i] = img
 
         masks = None
+        if use_mask == "auto":
+            use_mask = (rootp / mask_dir).is_dir()
         if use_mask:
             mask_paths = list_images(rootp / mask_dir)
             if len(mask_paths) != n:
@@ -131,6 +139,11 @@ class NeuSScene(Scene):
                 if m.shape != images.shape[1:3]:
                     raise DatasetError(f"{p}: mask size {m.shape} != image size {first.shape[:2]}")
                 masks[i] = m
+            if masks.min() == 255:  # NeuS custom data marks "no mask" with all-255 masks
+                log.info(
+                    "%s: every mask is all foreground; training without masks", mask_paths[0].parent
+                )
+                masks = None
 
         train, test = split_ids(n, test_every, train_on_test)
         super().__init__(

