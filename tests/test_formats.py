@@ -144,10 +144,17 @@ QUICK = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["blender", "ngp", "neus", "blendedmvs", "dtu"])
+@pytest.mark.parametrize("fmt", ["blender", "ngp", "neus", "blendedmvs", "dtu", "colmap"])
 def test_each_format_trains_from_the_command_line(tmp_path, fmt):
     data = tmp_path / "data"
-    {"blender": write_blender, "ngp": write_ngp}.get(fmt, write_neus_scene)(data)
+    if fmt == "colmap":
+        pytest.importorskip("pycolmap")
+        from test_colmap import write_colmap
+
+        data.mkdir()
+        write_colmap(data)
+    else:
+        {"blender": write_blender, "ngp": write_ngp}.get(fmt, write_neus_scene)(data)
     res = subprocess.run(
         [
             sys.executable,

@@ -1,5 +1,6 @@
 """Datasets: every loader produces a :class:`~neurecon.data.scene.Scene`."""
 
+from neurecon.data.colmap import ColmapScene
 from neurecon.data.neus import NeuSScene
 from neurecon.data.posed import BlenderScene, NGPScene
 from neurecon.data.scene import RayBatch, Scene
@@ -8,6 +9,7 @@ from neurecon.errors import DatasetError
 
 __all__ = [
     "BlenderScene",
+    "ColmapScene",
     "DatasetError",
     "NGPScene",
     "NeuSScene",

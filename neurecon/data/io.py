@@ -43,7 +43,7 @@ def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     raise DatasetError(f"{path}: unsupported pixel type {img.dtype} (use 8- or 16-bit images)")
 
 
-def _downscale(img: np.ndarray, factor: int) -> np.ndarray:
+def downscale_image(img: np.ndarray, factor: int) -> np.ndarray:
     """Area-average by an integer factor (exact block mean when the size divides)."""
     if factor == 1:
         return img
@@ -69,7 +69,7 @@ def load_rgb(path: Path, downscale: int = 1) -> np.ndarray:
         img = np.repeat(img, 3, axis=-1)
     elif img.shape[-1] != 3:
         raise DatasetError(f"{path}: {img.shape[-1]} channels; expected 1, 3 or 4")
-    return _downscale(img, int(downscale))
+    return downscale_image(img, int(downscale))
 
 
 def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
@@ -77,7 +77,7 @@ def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
     m = _to_uint8(_read(path), path)
     if m.ndim == 3:
         m = m[..., 0]
-    m = _downscale(m, int(downscale))
+    m = downscale_image(m, int(downscale))
     return np.where(m > 127, 255, 0).astype(np.uint8)
 
 
@@ -85,7 +85,7 @@ def load_rgba(path: Path, downscale: int = 1) -> tuple[np.ndarray, np.ndarray | 
     """(H, W, 3) uint8 RGB and (H, W) uint8 alpha (None when the file has no alpha)."""
     img = _to_uint8(_read(path), path)
     if img.ndim == 3 and img.shape[-1] == 4:
-        img = _downscale(img, int(downscale))
+        img = downscale_image(img, int(downscale))
         return img[..., :3], img[..., 3]
     return load_rgb(path, downscale), None
 

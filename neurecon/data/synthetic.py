@@ -76,6 +76,27 @@ def albedo(x: Tensor) -> Tensor:
     return torch.stack([r, g, b], dim=-1)
 
 
+def noise_albedo(x: Tensor) -> Tensor:
+    """High-frequency procedural texture (N, 3): enough detail for SIFT features to match."""
+    out = []
+    for c, (a, b, d) in enumerate([(17.0, 23.0, 29.0), (31.0, 13.0, 19.0), (11.0, 37.0, 27.0)]):
+        v = (
+            torch.sin(a * x[..., 0] + c)
+            * torch.sin(b * x[..., 1] + 2 * c)
+            * torch.sin(d * x[..., 2])
+        )
+        v = v + 0.5 * torch.sin(53.0 * x[..., 0] + 41.0 * x[..., 1] + 47.0 * x[..., 2] + c)
+        v = v + 0.5 * torch.sin(97.0 * x[..., 1] - 83.0 * x[..., 2] + 3.0 * c)
+        v = v + 0.4 * torch.sign(
+            torch.sin(71.0 * x[..., 0] + 2.0 * c) * torch.sin(67.0 * x[..., 2])
+        )
+        out.append(0.5 + 0.22 * v)
+    return torch.stack(out, dim=-1).clamp(0, 1)
+
+
+TEXTURES: dict[str, Callable[[Tensor], Tensor]] = {"smooth": albedo, "noise": noise_albedo}
+
+
 def sdf_gradient(sdf: SDF, x: Tensor) -> Tensor:
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -119,6 +140,9 @@ class SyntheticScene(Scene):
         world_scale / world_offset: the normalised → world transform (a NeuS ``scale_mat``).
         background: RGB shown where the object is absent.
         num_gt_points: exact surface points (world frame) kept for Chamfer distance.
+        texture: ``smooth`` (learnable albedo) or ``noise`` (detailed, for structure from motion).
+        orbit_elevation_deg: null = cameras spread over a sphere; a number = a ring of cameras
+            at that elevation (neighbouring views overlap strongly).
     """
 
     def __init__(
@@ -135,7 +159,12 @@ class SyntheticScene(Scene):
         background: Sequence[float] = (0.0, 0.0, 0.0),
         num_gt_points: int = 100_000,
         seed: int = 0,
+        texture: str = "smooth",
+        orbit_elevation_deg: float | None = None,
     ) -> None:
+        if texture not in TEXTURES:
+            raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
+        self.albedo = TEXTURES[texture]
         if shape not in SHAPES:
             raise ConfigError(f"dataset.shape={shape!r} is unknown; choose from {sorted(SHAPES)}")
         if resolution < 8 or num_views < 2 or world_scale <= 0:
@@ -150,6 +179,15 @@ class SyntheticScene(Scene):
         z = 1 - 2 * i / num_views
         phi = math.pi * (1 + 5**0.5) * i
         dirs = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], 1)
+        if orbit_elevation_deg is not None:
+            el, az = (
+                math.radians(orbit_elevation_deg),
+                np.linspace(0, 2 * math.pi, num_views + 1)[:-1],
+            )
+            dirs = np.stack(
+                [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.full_like(az, math.sin(el))],
+                1,
+            )
         centre_w = np.asarray(world_offset, dtype=np.float64)
         f = 0.5 * resolution / math.tan(math.radians(fov_deg) / 2)
         K = np.array([[f, 0, (resolution - 1) / 2], [0, f, (resolution - 1) / 2], [0, 0, 1]])
@@ -193,7 +231,7 @@ class SyntheticScene(Scene):
             n = sdf_gradient(self.sdf, x)
             n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
             shade = 0.3 + 0.7 * (n @ light).clamp_min(0)
-            rgb = (albedo(x) * shade[:, None]).clamp(0, 1)
+            rgb = (self.albedo(x) * shade[:, None]).clamp(0, 1)
             rgb = torch.where(hit[:, None], rgb, bg)
             imgs.append((rgb.reshape(res, res, 3).numpy() * 255 + 0.5).astype(np.uint8))
             masks.append((hit.reshape(res, res).numpy() * 255).astype(np.uint8))

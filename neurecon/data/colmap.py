@@ -1,0 +1,155 @@
+"""COLMAP sparse models (``sparse/0/cameras|images|points3D.{bin,txt}``), read with pycolmap.
+
+Poses come from the reconstruction; the scene is normalised from the sparse points (a robust
+bounding sphere: points far from the median are dropped first). Distorted camera models are
+undistorted to a pinhole camera with the same focal lengths, using pycolmap's projection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from neurecon.data.io import downscale_image, load_rgb
+from neurecon.data.neus import downscale_intrinsics
+from neurecon.data.posed import normalise_poses, similarity
+from neurecon.data.scene import Scene, split_ids
+from neurecon.errors import DatasetError
+
+log = logging.getLogger(__name__)
+SUPPORTED = ("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+
+def _pycolmap():
+    try:
+        import pycolmap
+    except ImportError:
+        raise DatasetError("dataset=colmap needs pycolmap: pip install pycolmap") from None
+    return pycolmap
+
+
+def read_model(path: Path):
+    """A ``pycolmap.Reconstruction`` from a folder of .bin or .txt files."""
+    pycolmap = _pycolmap()
+    if not path.is_dir():
+        raise DatasetError(f"COLMAP model folder {path} does not exist")
+    for name in ("cameras", "images", "points3D"):
+        if not any((path / f"{name}.{ext}").is_file() for ext in ("bin", "txt")):
+            raise DatasetError(f"COLMAP model {path}: {name}.bin or {name}.txt is missing")
+    try:
+        return pycolmap.Reconstruction(str(path))
+    except Exception as e:  # pycolmap raises plain RuntimeErrors for malformed files
+        raise DatasetError(f"COLMAP model {path} cannot be read: {e}") from None
+
+
+def robust_sphere(points: np.ndarray, quantile: float = 0.95, margin: float = 1.1):
+    """Centre and radius of the region of interest from sparse points (N, 3)."""
+    if len(points) < 4:
+        raise DatasetError(f"COLMAP model has only {len(points)} 3-D points; cannot find the scene")
+    d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
+    inliers = points[d <= np.quantile(d, quantile)]
+    centre = inliers.mean(axis=0)
+    return centre, margin * float(np.linalg.norm(inliers - centre, axis=1).max())
+
+
+def pinhole_K(camera) -> np.ndarray:
+    """Pinhole intrinsics of a COLMAP camera in neurecon's pixel-centre convention."""
+    K = np.asarray(camera.calibration_matrix(), dtype=np.float64).copy()
+    K[:2, 2] -= 0.5  # COLMAP: centre of the first pixel at 0.5
+    return K
+
+
+def undistort(img: np.ndarray, camera, K: np.ndarray) -> np.ndarray:
+    """Resample a distorted image (H, W, C) to the pinhole camera ``K`` (bilinear)."""
+    H, W = img.shape[:2]
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    x = (u - K[0, 2]) / K[0, 0]
+    y = (v - K[1, 2]) / K[1, 1]
+    src = camera.img_from_cam(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], 1)) - 0.5
+    out = np.empty_like(img)
+    for c in range(img.shape[2]):
+        out[..., c] = (
+            map_coordinates(
+                img[..., c].astype(np.float32), [src[:, 1], src[:, 0]], order=1, mode="nearest"
+            )
+            .reshape(H, W)
+            .round()
+            .clip(0, 255)
+        )
+    return out
+
+
+class ColmapScene(Scene):
+    """Images + a COLMAP sparse model.
+
+    Args:
+        root: scene folder.  model: model folder inside it.  image_dir: images folder.
+        inlier_quantile / margin: robust bounding sphere of the sparse points.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        model: str = "sparse/0",
+        image_dir: str = "images",
+        downscale: int = 1,
+        test_every: int = 8,
+        inlier_quantile: float = 0.95,
+        margin: float = 1.1,
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        rootp = Path(root).expanduser()
+        rec = read_model(rootp / model)
+        images, Ks, poses = [], [], []
+        for image_id in sorted(rec.images, key=lambda i: rec.images[i].name):
+            im = rec.images[image_id]
+            if not im.has_pose:
+                continue
+            cam = rec.cameras[im.camera_id]
+            if cam.model_name not in SUPPORTED:
+                raise DatasetError(
+                    f"{rootp / model}: camera {im.camera_id} model {cam.model_name} is not "
+                    f"supported ({', '.join(SUPPORTED)})"
+                )
+            path = rootp / image_dir / im.name
+            if not path.is_file():
+                raise DatasetError(f"{path} (image {image_id} of the COLMAP model) is missing")
+            img = load_rgb(path)
+            if img.shape[:2] != (cam.height, cam.width):
+                raise DatasetError(
+                    f"{path}: size {img.shape[:2]} but camera {im.camera_id} is "
+                    f"{cam.height}x{cam.width}"
+                )
+            K = pinhole_K(cam)
+            if not cam.model_name.endswith("PINHOLE"):
+                img = undistort(img, cam, K)
+            if downscale > 1:
+                img = downscale_image(img, downscale)
+                K = downscale_intrinsics(K, downscale)
+            if images and img.shape != images[0].shape:
+                raise DatasetError(f"{path}: size {img.shape[:2]} differs from the other images")
+            w2c = np.eye(4)
+            w2c[:3] = np.asarray(im.cam_from_world().matrix())
+            images.append(img)
+            Ks.append(K)
+            poses.append(np.linalg.inv(w2c))
+        if len(images) < 2:
+            raise DatasetError(f"{rootp / model}: fewer than 2 registered images")
+        pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+        centre, radius = robust_sphere(pts, inlier_quantile, margin)
+        to_world = similarity(centre, radius)
+        train, test = split_ids(len(images), test_every)
+        super().__init__(
+            images=np.stack(images),
+            K=np.stack(Ks),
+            c2w=normalise_poses(np.stack(poses), to_world),
+            to_world=to_world,
+            train_ids=train,
+            test_ids=test,
+            background=background,
+            name=rootp.name,
+        )

@@ -1,0 +1,85 @@
+"""COLMAP sparse models in the text format, written from known poses."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from test_formats import _poses
+
+from neurecon.data import ColmapScene, DatasetError
+
+pytest.importorskip("pycolmap")
+
+W, H = 64, 48
+CENTRE = np.array([0.3, -0.2, 0.1])
+
+
+def write_colmap(root, model="PINHOLE", params=(50.0, 52.0, 32.0, 24.0), n=6, image=None):
+    sparse = root / "sparse" / "0"
+    sparse.mkdir(parents=True)
+    (root / "images").mkdir()
+    (sparse / "cameras.txt").write_text(
+        f"# Camera list\n1 {model} {W} {H} {' '.join(map(str, params))}\n"
+    )
+    poses, lines = _poses(n, centre=CENTRE), ["# Image list"]
+    for i, c2w in enumerate(poses):
+        w2c = np.linalg.inv(c2w)
+        qx, qy, qz, qw = Rotation.from_matrix(w2c[:3, :3]).as_quat()
+        t = w2c[:3, 3]
+        lines += [f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 img_{i:02d}.png", ""]
+        img = image if image is not None else np.full((H, W, 3), 80 + 10 * i, np.uint8)
+        iio.imwrite(root / "images" / f"img_{i:02d}.png", img)
+    (sparse / "images.txt").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    pts = CENTRE + rng.uniform(-0.5, 0.5, (200, 3))
+    pts = np.r_[pts, [[40.0, 0, 0], [0, -60.0, 0]]]  # far outliers must not set the scale
+    (sparse / "points3D.txt").write_text(
+        "".join(f"{i + 1} {p[0]} {p[1]} {p[2]} 128 128 128 0.5\n" for i, p in enumerate(pts))
+    )
+    return poses, pts[:-2]
+
+
+def test_colmap_round_trip_and_robust_normalisation(tmp_path):
+    poses, inliers = write_colmap(tmp_path)
+    s = ColmapScene(str(tmp_path), test_every=0)
+    assert np.allclose(s.K[0].numpy(), [[50, 0, 31.5], [0, 52, 23.5], [0, 0, 1]], atol=1e-5)
+    centre, radius = s.to_world[:3, 3], s.to_world[0, 0]
+    assert np.linalg.norm(centre - inliers.mean(0)) < 0.05
+    assert 0.5 < radius < 1.2  # the outliers 40-60 units away are ignored
+    for i, c2w in enumerate(poses):
+        assert np.allclose(s.c2w[i, :3, :3].numpy(), c2w[:3, :3], atol=1e-5)
+        back = s.to_world_points(s.c2w[i, :3, 3].double().numpy()[None])[0]
+        assert np.allclose(back, c2w[:3, 3], atol=1e-4)
+
+
+def test_opencv_model_is_undistorted_to_pinhole(tmp_path):
+    import pycolmap
+
+    params = [50.0, 52.0, 32.0, 24.0, -0.4, 0.05, 0.002, -0.001]
+    cam = pycolmap.Camera.create_from_model_name(1, "OPENCV", 50.0, W, H)
+    cam.params = params
+    x_cam = np.array([[0.5, 0.4, 1.0]])  # a point near the image corner
+    u_d, v_d = cam.img_from_cam(x_cam)[0] - 0.5  # where the lens puts it (pixel centres)
+    img = np.zeros((H, W, 3), np.uint8)
+    img[round(float(v_d)), round(float(u_d))] = 255
+    write_colmap(tmp_path, "OPENCV", params, image=img)
+    s = ColmapScene(str(tmp_path), test_every=0)
+    # After undistortion the dot is where the pinhole K projects the same point.
+    K = s.K[0].double().numpy()
+    u_p, v_p = (K @ x_cam[0])[:2]
+    out = s.images[0].numpy()[..., 0].astype(float)
+    vv, uu = np.unravel_index(out.argmax(), out.shape)
+    assert abs(uu - u_p) <= 1.0 and abs(vv - v_p) <= 1.0
+    assert abs(u_p - u_d) > 2  # the distortion was large enough to matter
+
+
+def test_colmap_errors_name_the_file(tmp_path):
+    write_colmap(tmp_path)
+    (tmp_path / "images" / "img_03.png").unlink()
+    with pytest.raises(
+        DatasetError, match=r"img_03\.png \(image 4 of the COLMAP model\) is missing"
+    ):
+        ColmapScene(str(tmp_path))
+    (tmp_path / "sparse" / "0" / "points3D.txt").unlink()
+    with pytest.raises(DatasetError, match=r"points3D\.bin or points3D\.txt is missing"):
+        ColmapScene(str(tmp_path))
