@@ -144,7 +144,7 @@ QUICK = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["blender", "ngp", "neus", "blendedmvs", "dtu", "colmap"])
+@pytest.mark.parametrize("fmt", ["blender", "ngp", "neus", "blendedmvs", "dtu", "colmap", "llff"])
 def test_each_format_trains_from_the_command_line(tmp_path, fmt):
     data = tmp_path / "data"
     if fmt == "colmap":
@@ -154,7 +154,9 @@ def test_each_format_trains_from_the_command_line(tmp_path, fmt):
         data.mkdir()
         write_colmap(data)
     else:
-        {"blender": write_blender, "ngp": write_ngp}.get(fmt, write_neus_scene)(data)
+        writers = {"blender": write_blender, "ngp": write_ngp, "llff": write_llff}
+        writers.get(fmt, write_neus_scene)(data)
+    extra = ["dataset.factor=4"] if fmt == "llff" else []
     res = subprocess.run(
         [
             sys.executable,
@@ -163,6 +165,7 @@ def test_each_format_trains_from_the_command_line(tmp_path, fmt):
             f"dataset={fmt}",
             f"dataset.root={data}",
             *QUICK,
+            *extra,
         ],
         cwd=REPO,
         capture_output=True,
@@ -172,3 +175,45 @@ def test_each_format_trains_from_the_command_line(tmp_path, fmt):
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert np.isfinite(m["test/psnr"]) and (tmp_path / "run" / "mesh.ply").is_file()
+
+
+def write_llff(root, n=9, factor=4):
+    """poses_bounds.npy for full-res 4W x 4H images, and images_4/ at W x H."""
+    rng = np.random.default_rng(2)
+    (root / f"images_{factor}").mkdir(parents=True)
+    poses = [
+        look_at(
+            np.array([0.3 * i - 1.2, 0.1 * (i % 3), -4.0]),
+            np.array([0.0, 0.0, 0.0]),
+            up=(0.0, -1.0, 0.0),
+        )
+        for i in range(n)
+    ]
+    rows = []
+    for i, c2w in enumerate(poses):
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        drb = np.stack([R[:, 1], R[:, 0], -R[:, 2]], 1)  # [down, right, back]
+        hwf = np.array([H * factor, W * factor, 120.0])
+        rows.append(np.r_[np.c_[drb, t, hwf].ravel(), 2.0, 6.0])
+        iio.imwrite(
+            root / f"images_{factor}" / f"IMG_{i:03d}.JPG",
+            rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
+        )
+    np.save(root / "poses_bounds.npy", np.array(rows))
+    return poses
+
+
+def test_llff_round_trip(tmp_path):
+    from neurecon.data import LLFFScene
+
+    poses = write_llff(tmp_path)
+    s = LLFFScene(str(tmp_path), factor=4)
+    assert s.test_ids.tolist() == [0, 8] and len(s.train_ids) == 7
+    assert np.allclose(s.K[0].numpy(), [[30, 0, (W - 1) / 2], [0, 30, (H - 1) / 2], [0, 0, 1]])
+    for i, c2w in enumerate(poses):
+        assert np.allclose(s.c2w[i, :3, :3].numpy(), c2w[:3, :3], atol=1e-6)
+        back = s.to_world_points(s.c2w[i, :3, 3].double().numpy()[None])[0]
+        assert np.allclose(back, c2w[:3, 3], atol=1e-5)
+    # The region of interest lies in front of the cameras, between the bounds.
+    centre = s.to_world[:3, 3]
+    assert 2.0 < np.linalg.norm(centre - poses[4][:3, 3]) < 6.0

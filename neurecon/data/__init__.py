@@ -2,7 +2,7 @@
 
 from neurecon.data.colmap import ColmapScene
 from neurecon.data.neus import NeuSScene
-from neurecon.data.posed import BlenderScene, NGPScene
+from neurecon.data.posed import BlenderScene, LLFFScene, NGPScene
 from neurecon.data.scene import RayBatch, Scene
 from neurecon.data.synthetic import SyntheticScene
 from neurecon.errors import DatasetError
@@ -11,6 +11,7 @@ __all__ = [
     "BlenderScene",
     "ColmapScene",
     "DatasetError",
+    "LLFFScene",
     "NGPScene",
     "NeuSScene",
     "RayBatch",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from neurecon.data.io import composite, load_rgba
+from neurecon.data.io import composite, list_images, load_rgb, load_rgba
 from neurecon.data.neus import downscale_intrinsics
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError
@@ -229,6 +229,81 @@ class NGPScene(Scene):
             train_ids=train,
             test_ids=test,
             masks=np.stack(masks) if use_masks else None,
+            background=background,
+            name=rootp.name,
+        )
+
+
+def llff_to_opencv(poses: np.ndarray) -> np.ndarray:
+    """LLFF (N, 3, 5) ``[down, right, back | t | hwf]`` → OpenCV camera-to-world (N, 4, 4)."""
+    R = poses[:, :, :3]
+    out = np.tile(np.eye(4), (len(poses), 1, 1))
+    out[:, :3, 0] = R[:, :, 1]  # right
+    out[:, :3, 1] = R[:, :, 0]  # down
+    out[:, :3, 2] = -R[:, :, 2]  # forward
+    out[:, :3, 3] = poses[:, :, 3]
+    return out
+
+
+class LLFFScene(Scene):
+    """LLFF: ``poses_bounds.npy`` (N × 17: a 3×5 pose with ``[H, W, focal]`` and near/far) and
+    ``images/`` (or ``images_{factor}/``). Every ``test_every``-th image is held out (8, as in the
+    NeRF papers). The near/far bounds place the region of interest: a sphere centred at the
+    median mid-depth in front of the mean camera, reaching the median far bound.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        factor: int = 8,
+        test_every: int = 8,
+        margin: float = 1.05,
+        background: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        rootp = Path(root).expanduser()
+        pb_path = rootp / "poses_bounds.npy"
+        if not pb_path.is_file():
+            raise DatasetError(f"{pb_path} is missing")
+        pb = np.load(pb_path)
+        if pb.ndim != 2 or pb.shape[1] != 17 or not np.all(np.isfinite(pb)):
+            raise DatasetError(f"{pb_path}: expected a finite (N, 17) array, got {pb.shape}")
+        folder = rootp / ("images" if factor == 1 else f"images_{factor}")
+        extra = 1
+        if not folder.is_dir() and factor != 1 and (rootp / "images").is_dir():
+            folder, extra = rootp / "images", factor  # downscale the full images ourselves
+        paths = list_images(folder)
+        if len(paths) != len(pb):
+            raise DatasetError(f"{folder}: {len(paths)} images but {pb_path} has {len(pb)} poses")
+        poses = pb[:, :15].reshape(-1, 3, 5)
+        bounds = pb[:, 15:]
+        images = []
+        for p in paths:
+            img = load_rgb(p, extra)
+            if images and img.shape != images[0].shape:
+                raise DatasetError(f"{p}: size {img.shape[:2]} differs from the other images")
+            images.append(img)
+        H, W = images[0].shape[:2]
+        _, w0, f0 = poses[0, :, 4]
+        s = W / w0  # focal is given for the full-resolution images
+        K = np.array([[f0 * s, 0, (W - 1) / 2], [0, f0 * s, (H - 1) / 2], [0, 0, 1]])
+        c2w = llff_to_opencv(poses)
+        mid = 0.5 * (bounds[:, 0] + bounds[:, 1])
+        fwd = c2w[:, :3, 2].mean(0)
+        fwd /= np.linalg.norm(fwd)
+        centre = c2w[:, :3, 3].mean(0) + fwd * np.median(mid)
+        radius = margin * max(
+            float(np.median(bounds[:, 1]) - np.median(mid)),
+            float(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1).max()),
+        )
+        to_world = similarity(centre, radius)
+        train, test = split_ids(len(images), test_every)
+        super().__init__(
+            images=np.stack(images),
+            K=np.repeat(K[None], len(images), 0),
+            c2w=normalise_poses(c2w, to_world),
+            to_world=to_world,
+            train_ids=train,
+            test_ids=test,
             background=background,
             name=rootp.name,
         )
