@@ -49,9 +49,22 @@ def build(cfg: DictConfig) -> Run:
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
+    scene = _instantiate(cfg.dataset, "dataset")
+    # field.background=auto: model what lies outside the unit sphere (NeRF++) exactly when
+    # there are no masks to tell the object from its surroundings.
+    extra: dict[str, Any] = {}
+    if "background_net" in cfg.field:
+        mode = cfg.field.get("background", "auto")
+        unmasked = scene.masks is None or not cfg.trainer.get("use_mask", True)
+        wanted = mode == "nerfpp" or (mode == "auto" and unmasked)
+        extra["background_net"] = (
+            _instantiate(cfg.field.background_net, "field.background_net") if wanted else None
+        )
+        if wanted:
+            log.info("background: NeRF++ field outside the unit sphere (field.background=%s)", mode)
     return Run(
-        scene=_instantiate(cfg.dataset, "dataset"),
-        field=_instantiate(cfg.field, "field", encoder=encoder),
+        scene=scene,
+        field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=_instantiate(cfg.optimizer, "optimizer"),
         trainer=_instantiate(cfg.trainer, "trainer", metrics=cfg.get("metrics")),

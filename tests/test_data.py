@@ -132,3 +132,24 @@ def test_synthetic_scene_geometry_is_exact_and_placed_in_world(shape):
     # Off-centre, non-unit scale: the world points are far from the origin.
     assert np.linalg.norm(s.gt_points.mean(0)) > 1.0 and not np.isclose(s.to_world[0, 0], 1.0)
     assert 0.05 < (s.masks > 0).float().mean() < 0.9 and len(s.test_ids) >= 1
+
+
+def test_grayscale_rgba_and_16bit_images_are_converted(tmp_path):
+    write_neus_scene(tmp_path)
+    img = tmp_path / "image"
+    iio.imwrite(img / "000000.png", np.full((24, 32), 100, np.uint8))  # grayscale
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    iio.imwrite(img / "000001.png", rgba)
+    (img / "000002.png").unlink()  # 16-bit RGB (TIFF: Pillow writes no 16-bit RGB PNG)
+    iio.imwrite(img / "000002.tif", np.full((24, 32, 3), 65535, np.uint16))
+    s = NeuSScene(str(tmp_path))
+    assert s.images.dtype == torch.uint8 and s.images.shape == (4, 24, 32, 3)
+    assert (s.images[0] == 100).all() and (s.images[1, ..., 0] == 200).all()
+    assert (s.images[2] == 255).all()
+
+
+def test_dtu_full_resolution_loads_as_uint8(dtu_scan65):
+    s = NeuSScene(str(dtu_scan65))
+    assert s.images.dtype == torch.uint8 and s.images.shape == (49, 1200, 1600, 3)
+    assert s.images.numel() * s.images.element_size() == 49 * 1200 * 1600 * 3  # ~282 MB

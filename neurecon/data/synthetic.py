@@ -94,6 +94,17 @@ def noise_albedo(x: Tensor) -> Tensor:
     return torch.stack(out, dim=-1).clamp(0, 1)
 
 
+def environment(d: Tensor) -> Tensor:
+    """A sky-like colour (N, 3) of unit directions: gradient plus soft bands."""
+    up = d[..., 2:3]
+    base = (
+        torch.tensor([0.35, 0.45, 0.7]) * (0.6 + 0.4 * up)
+        + torch.tensor([0.3, 0.25, 0.1]) * (1 - up) * 0.5
+    )
+    bands = 0.1 * torch.sin(6.0 * torch.atan2(d[..., 1], d[..., 0]))[..., None]
+    return (base + bands).clamp(0, 1)
+
+
 TEXTURES: dict[str, Callable[[Tensor], Tensor]] = {"smooth": albedo, "noise": noise_albedo}
 
 
@@ -143,6 +154,9 @@ class SyntheticScene(Scene):
         texture: ``smooth`` (learnable albedo) or ``noise`` (detailed, for structure from motion).
         orbit_elevation_deg: null = cameras spread over a sphere; a number = a ring of cameras
             at that elevation (neighbouring views overlap strongly).
+        env_background: show a procedural environment (a function of the ray direction, i.e.
+            infinitely far away) instead of the constant ``background`` — for testing unmasked
+            training with a background model.
     """
 
     def __init__(
@@ -161,6 +175,7 @@ class SyntheticScene(Scene):
         seed: int = 0,
         texture: str = "smooth",
         orbit_elevation_deg: float | None = None,
+        env_background: bool = False,
     ) -> None:
         if texture not in TEXTURES:
             raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
@@ -200,6 +215,7 @@ class SyntheticScene(Scene):
 
         light = torch.tensor(light_dir, dtype=torch.float32)
         bg = torch.tensor(background, dtype=torch.float32)
+        self.env_background = env_background
         images, masks = self._render(K_n, c2w_n, resolution, light, bg)
         gt = self._surface_points(num_gt_points, seed) @ to_world[:3, :3].T + to_world[:3, 3]
         super().__init__(
@@ -232,7 +248,8 @@ class SyntheticScene(Scene):
             n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
             shade = 0.3 + 0.7 * (n @ light).clamp_min(0)
             rgb = (self.albedo(x) * shade[:, None]).clamp(0, 1)
-            rgb = torch.where(hit[:, None], rgb, bg)
+            back = environment(d) if self.env_background else bg.expand_as(rgb)
+            rgb = torch.where(hit[:, None], rgb, back)
             imgs.append((rgb.reshape(res, res, 3).numpy() * 255 + 0.5).astype(np.uint8))
             masks.append((hit.reshape(res, res).numpy() * 255).astype(np.uint8))
         return np.stack(imgs), np.stack(masks)

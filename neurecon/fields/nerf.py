@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from neurecon.errors import ConfigError
+from neurecon.fields.base import BACKGROUND_MODES, DensityOutput
 from neurecon.fields.mlp import TruncExp, mlp
-
-
-@dataclass
-class DensityOutput:
-    """Per-sample outputs. Shapes: density (N,), color (N, 3)."""
-
-    density: Tensor
-    color: Tensor
 
 
 class NeRFField(nn.Module):
@@ -26,6 +18,7 @@ class NeRFField(nn.Module):
         hidden_dim, n_layers, feature_dim, color_hidden_dim, color_layers: MLP sizes.
         density_bias: added before the exp activation (negative: start near-empty).
         mesh_density: density iso-level used for mesh extraction.
+        background / background_net: as for :class:`~neurecon.fields.NeuSField`.
     """
 
     kind = "density"
@@ -41,6 +34,8 @@ class NeRFField(nn.Module):
         color_layers: int = 2,
         density_bias: float = -1.0,
         mesh_density: float = 10.0,
+        background: str = "auto",
+        background_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.dir_encoder = encoder, dir_encoder
@@ -50,6 +45,9 @@ class NeRFField(nn.Module):
         )
         self.act = TruncExp()
         self.density_bias, self.mesh_density = density_bias, mesh_density
+        if background not in BACKGROUND_MODES:
+            raise ConfigError(f"field.background={background!r}; choose from {BACKGROUND_MODES}")
+        self.background_net = background_net
 
     def _density_feat(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.density_net(self.encoder(x))

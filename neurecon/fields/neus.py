@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
+from neurecon.fields.base import BACKGROUND_MODES, SDFOutput
 from neurecon.fields.mlp import mlp
-
-
-@dataclass
-class SDFOutput:
-    """Per-sample outputs. Shapes: sdf (N,), gradient (N, 3), color (N, 3)."""
-
-    sdf: Tensor
-    gradient: Tensor
-    color: Tensor
 
 
 class NeuSField(nn.Module):
@@ -36,6 +27,8 @@ class NeuSField(nn.Module):
         beta: softplus sharpness (100 as in NeuS; smooth second derivatives for the eikonal term).
         variance_init: ``inv_s = exp(10 * variance_init)`` at the start (0.3 → ~20).
         weight_norm: weight-normalised linear layers as in NeuS.
+        background: ``auto`` (a background field when the scene has no masks; decided by
+            ``neurecon.build``), ``none`` or ``nerfpp``.   background_net: that field, or None.
     """
 
     kind = "sdf"
@@ -54,6 +47,8 @@ class NeuSField(nn.Module):
         beta: float = 100.0,
         variance_init: float = 0.3,
         weight_norm: bool = True,
+        background: str = "auto",
+        background_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if geometric_init and not getattr(encoder, "include_input", False):
@@ -74,6 +69,9 @@ class NeuSField(nn.Module):
                 if isinstance(m, nn.Linear):
                     nn.utils.parametrizations.weight_norm(m)
         self.variance = nn.Parameter(torch.tensor(float(variance_init)))
+        if background not in BACKGROUND_MODES:
+            raise ConfigError(f"field.background={background!r}; choose from {BACKGROUND_MODES}")
+        self.background_net = background_net
 
     def _geometric_init(self, radius: float, in_raw: int) -> None:
         """IDR/NeuS init: the network starts as ``|x| - radius`` (negative inside)."""

@@ -77,27 +77,42 @@ def render_hits(
     near: Tensor,
     far: Tensor,
     hit: Tensor,
-    background: Tensor,
     fn: Callable[[Tensor, Tensor, Tensor, Tensor], RenderOutput],
 ) -> RenderOutput:
-    """Render only the rays that hit the scene's sphere; the rest show the background.
+    """Render only the rays that hit the unit sphere; the others get zero colour and opacity.
 
-    ``fn(origins, dirs, near, far)`` renders the hit subset (colours *before* background).
+    ``fn(origins, dirs, near, far)`` renders the hit subset. Colours are premultiplied by
+    opacity (no background yet).
     """
     B, dev = origins.shape[0], origins.device
-    color = background.to(dev).expand(B, 3).clone()
+    color, normal = torch.zeros(B, 3, device=dev), torch.zeros(B, 3, device=dev)
     opacity, depth = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
-    normal = torch.zeros(B, 3, device=dev)
     if not bool(hit.any()):
         return RenderOutput(color, opacity, depth, normal, None, 0)
     out = fn(origins[hit], dirs[hit], near[hit], far[hit])
-    bg = background.to(dev)
-    color = color.index_put((hit,), out.color + (1.0 - out.opacity[:, None]) * bg)
-    opacity = opacity.index_put((hit,), out.opacity)
-    depth = depth.index_put((hit,), out.depth)
+    color = color.index_put((hit,), out.color.to(color.dtype))
+    opacity = opacity.index_put((hit,), out.opacity.to(opacity.dtype))
+    depth = depth.index_put((hit,), out.depth.to(depth.dtype))
     if out.normal is not None:
-        normal = normal.index_put((hit,), out.normal)
+        normal = normal.index_put((hit,), out.normal.to(normal.dtype))
     return RenderOutput(color, opacity, depth, normal, out.eikonal, out.num_samples, out.extras)
+
+
+def render_background(
+    net: nn.Module, o: Tensor, d: Tensor, t0: Tensor, n: int, perturb: bool
+) -> tuple[Tensor, Tensor]:
+    """Composite a background field along rays from ``t0`` (B,) to ~1000·t0, with samples
+    uniform in inverse depth (NeRF++). Returns premultiplied colour (B, 3) and opacity (B,)."""
+    t = torch.linspace(0.0, 1.0, n + 1, device=o.device).expand(o.shape[0], n + 1)
+    if perturb:
+        t = (t + (torch.rand_like(t) - 0.5) / n).clamp(0.0, 1.0).sort(-1).values
+    z = t0[:, None] / (1.0 - t * 0.999)  # inverse depth 1/t0 → 0.001/t0
+    mid, delta = 0.5 * (z[:, 1:] + z[:, :-1]), z[:, 1:] - z[:, :-1]
+    B = o.shape[0]
+    pts = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)
+    out = net(pts, d[:, None].expand(B, n, 3).reshape(-1, 3))
+    w = render_weights_from_alpha(1 - torch.exp(-out.density.reshape(B, n) * delta))
+    return (w[..., None] * out.color.reshape(B, n, 3)).sum(1), w.sum(-1)
 
 
 class SphereRenderer(nn.Module):
@@ -107,12 +122,14 @@ class SphereRenderer(nn.Module):
     far)`` for rays that hit the sphere, returning colours *before* the background.
     """
 
+    perturb = False  # subclasses jitter samples in training when configured
     field_kind = ""  # the ``kind`` a field must declare
     name = ""  # this renderer's config option; fields of the same option name match it
 
-    def __init__(self, background: Sequence[float] | None = None) -> None:
+    def __init__(self, background: Sequence[float] | None = None, n_outside: int = 32) -> None:
         super().__init__()
         self.background = None if background is None else torch.tensor(list(background)).float()
+        self.n_outside = n_outside
 
     def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         raise NotImplementedError
@@ -120,21 +137,29 @@ class SphereRenderer(nn.Module):
     def forward(
         self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor
     ) -> RenderOutput:
-        """Render rays (B, 3) in the normalised frame over ``background`` (3,) unless the
-        renderer has its own ``background`` configured."""
+        """Render rays (B, 3) in the normalised frame.
+
+        Inside the unit sphere: the field. Behind it: the field's ``background_net`` when it has
+        one (also for rays that miss the sphere), then the constant ``background`` (3,) — the
+        renderer's own if configured.
+        """
         if getattr(field, "kind", None) != self.field_kind:
             raise TypeError(
                 f"renderer={self.name} needs a {self.field_kind} field (field={self.name}), "
                 f"got {type(field).__name__}"
             )
-        bg = self.background if self.background is not None else background
+        const = self.background if self.background is not None else background
         near, far, hit = sphere_near_far(origins, dirs)
-        return render_hits(
-            origins,
-            dirs,
-            near,
-            far,
-            hit,
-            bg,
-            lambda o, d, n, f: self._render_rays(field, o, d, n, f),
+        out = render_hits(
+            origins, dirs, near, far, hit, lambda o, d, n, f: self._render_rays(field, o, d, n, f)
         )
+        bg = const.to(origins.device).expand(origins.shape[0], 3)
+        bg_net = getattr(field, "background_net", None)
+        if bg_net is not None and self.n_outside > 0:
+            t0 = torch.where(hit, far, near).clamp_min(1e-2)  # misses: from the closest approach
+            c_bg, a_bg = render_background(
+                bg_net, origins, dirs, t0, self.n_outside, self.perturb and self.training
+            )
+            bg = c_bg + (1.0 - a_bg)[:, None] * bg
+        out.color = out.color + (1.0 - out.opacity)[:, None] * bg
+        return out

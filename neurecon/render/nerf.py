@@ -25,6 +25,7 @@ class NeRFRenderer(SphereRenderer):
         n_importance: samples drawn from the coarse weights (fine pass renders both sets).
         perturb: jitter during training.
         background: RGB list, or null to use the scene's background colour.
+        n_outside: samples per ray for the field's background network, when it has one.
     """
 
     field_kind = "density"
@@ -36,8 +37,9 @@ class NeRFRenderer(SphereRenderer):
         n_importance: int = 32,
         perturb: bool = True,
         background: Sequence[float] | None = None,
+        n_outside: int = 32,
     ) -> None:
-        super().__init__(background)
+        super().__init__(background, n_outside)
         if n_samples < 2 or n_importance < 0:
             raise ConfigError("renderer: need n_samples >= 2 and n_importance >= 0")
         self.n_samples, self.n_importance, self.perturb = n_samples, n_importance, perturb

@@ -38,6 +38,7 @@ class NeuSRenderer(SphereRenderer):
         perturb: jitter uniform samples during training.
         anneal_end: steps over which the cos-anneal ratio goes 0 → 1 (0: no annealing).
         background: RGB list, or null to use the scene's background colour.
+        n_outside: samples per ray for the field's background network, when it has one.
     """
 
     field_kind = "sdf"
@@ -51,8 +52,9 @@ class NeuSRenderer(SphereRenderer):
         perturb: bool = True,
         anneal_end: int = 0,
         background: Sequence[float] | None = None,
+        n_outside: int = 32,
     ) -> None:
-        super().__init__(background)
+        super().__init__(background, n_outside)
         if n_samples < 2 or n_importance < 0 or up_sample_steps < 0:
             raise ConfigError("renderer: need n_samples >= 2, n_importance >= 0")
         if n_importance and (up_sample_steps == 0 or n_importance % up_sample_steps):

@@ -1,0 +1,87 @@
+"""Background outside the unit sphere (NeRF++): compositing and when it is switched on."""
+
+import torch
+from conftest import TINY, compose_cfg
+from torch import nn
+
+from neurecon.build import build
+from neurecon.fields import BackgroundField
+from neurecon.fields.base import DensityOutput, SDFOutput
+from neurecon.render import NeuSRenderer
+
+SKY = torch.tensor([0.2, 0.4, 0.9])
+
+
+class Sky(nn.Module):
+    def forward(self, x, d):
+        assert (x.norm(dim=-1) >= 1.0 - 1e-4).all()  # only ever queried outside the sphere
+        n = x.shape[0]
+        return DensityOutput(torch.full((n,), 50.0), SKY.expand(n, 3))
+
+
+class Ball(nn.Module):
+    """An opaque analytic ball of radius 0.5, optionally with a background network."""
+
+    kind = "sdf"
+
+    def __init__(self, background_net=None):
+        super().__init__()
+        self.background_net = background_net
+
+    def sdf(self, x):
+        return x.norm(dim=-1) - 0.5
+
+    def inv_s(self):
+        return torch.tensor(2000.0)
+
+    def forward(self, x, d, create_graph=True):
+        return SDFOutput(
+            self.sdf(x), torch.nn.functional.normalize(x, dim=-1), torch.full_like(x, 0.8)
+        )
+
+
+def _rays():
+    o = torch.tensor([[0.01, 0.0, -3.0], [0.0, 0.8, -3.0], [0.0, 2.0, -3.0]])  # ball, sphere, miss
+    return o, torch.tensor([[0.0, 0.0, 1.0]]).expand(3, 3)
+
+
+def test_background_field_fills_what_the_object_does_not_cover():
+    r = NeuSRenderer(n_samples=64, n_importance=64, up_sample_steps=4).eval()
+    o, d = _rays()
+    out = r(Ball(Sky()), o, d, torch.zeros(3))
+    assert torch.allclose(out.color[0], torch.full((3,), 0.8), atol=1e-3)  # the object
+    assert torch.allclose(out.color[1], SKY, atol=1e-3)  # inside the sphere, no object
+    assert torch.allclose(out.color[2], SKY, atol=1e-3)  # ray that misses the sphere
+    # The object's opacity (used by the mask loss) does not include the background.
+    assert out.opacity[1] < 5e-3 and out.opacity[2] == 0  # NeuS alpha has a 1e-5 floor
+    plain = r(Ball(), o, d, torch.zeros(3))
+    assert torch.allclose(plain.color[1:], torch.zeros(2, 3), atol=5e-3)
+
+
+def test_background_auto_follows_the_masks():
+    base = [*TINY, "dataset.num_views=4", "dataset.resolution=16"]
+    assert build(compose_cfg(base)).field.background_net is None  # masked scene
+    run = build(compose_cfg([*base, "trainer.use_mask=false"]))
+    assert isinstance(run.field.background_net, BackgroundField)
+    assert build(compose_cfg([*base, "field.background=nerfpp"])).field.background_net is not None
+    off = compose_cfg([*base, "trainer.use_mask=false", "field.background=none"])
+    assert build(off).field.background_net is None
+
+
+def test_background_is_trained_and_checkpointed(tmp_path):
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "dataset.env_background=true",
+            "trainer.use_mask=false",
+            "trainer.max_steps=20",
+            "trainer.ckpt_every=20",
+        ]
+    )
+    run = build(cfg)
+    before = [p.detach().clone() for p in run.field.background_net.parameters()]
+    run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+    after = list(run.field.background_net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    state = torch.load(tmp_path / "checkpoints" / "step_0000020.ckpt", weights_only=True)
+    assert any(k.startswith("background_net.") for k in state["field"])
