@@ -31,7 +31,7 @@ class Run:
     trainer: Trainer
 
 
-def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
+def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
     """``instantiate`` that surfaces our own input errors instead of Hydra's wrapper."""
     try:
         return instantiate(node, **kwargs)
@@ -41,7 +41,7 @@ def _instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise ConfigError(f"{group}: {e}") from e
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def build(cfg: DictConfig) -> Run:
@@ -71,6 +71,37 @@ def build(cfg: DictConfig) -> Run:
     )
 
 
+def make_logger(cfg: DictConfig, out_dir: str | Path):
+    """The configured logger for a run in ``out_dir``; in a Hydra multirun the W&B group is
+    the sweep's name and the swept keys are copied to the top of the W&B config."""
+    from omegaconf import OmegaConf
+
+    kwargs: dict[str, Any] = {
+        "out_dir": out_dir,
+        "run_config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        swept = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task if "=" in o]
+        if "hparams" in cfg.logger:
+            kwargs["hparams"] = list(dict.fromkeys([*cfg.logger.hparams, *swept]))
+        if hc.mode == RunMode.MULTIRUN and "group" in cfg.logger and cfg.logger.group is None:
+            kwargs["group"] = Path(hc.sweep.dir).name
+        if "name" in cfg.logger and cfg.logger.name is None:
+            kwargs["name"] = (
+                Path(str(out_dir)).name
+                if hc.mode != RunMode.MULTIRUN
+                else (f"{Path(hc.sweep.dir).name}-{hc.job.num}")
+            )
+    except ValueError:  # HydraConfig not set: called from Python, not through train.py
+        pass
+    # Not recursive: run_config holds the run's _target_ nodes as plain data.
+    return _instantiate(cfg.logger, "logger", _recursive_=False, **kwargs)
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> float:
     """Train one run in ``out_dir`` and return the configured objective."""
     r = build(cfg)
@@ -83,7 +114,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float:
         *r.scene.hw[::-1],
         r.scene.masks is not None,
     )
-    metrics = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, out_dir)
+    logger = make_logger(cfg, out_dir) if "logger" in cfg else None
+    status = "failed"
+    try:
+        metrics = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, out_dir, logger)
+        status = metrics["status"]
+    finally:
+        if logger is not None:
+            logger.finish(status)
     if metrics["status"] != "completed":
         log.error("run finished with status %r: %s", metrics["status"], metrics.get("error"))
     value = metrics.get(r.trainer.objective)

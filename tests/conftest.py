@@ -24,6 +24,7 @@ TINY = [
     "trainer.chamfer_points=20000",
     "trainer.progress=false",
     "trainer.device=cpu",
+    "logger=none",
 ]
 
 

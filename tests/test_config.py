@@ -9,7 +9,7 @@ from omegaconf.errors import ConfigAttributeError
 
 from neurecon.build import build
 
-GROUPS = ["dataset", "encoder", "field", "renderer", "optimizer", "trainer"]
+GROUPS = ["dataset", "encoder", "field", "renderer", "optimizer", "trainer", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 

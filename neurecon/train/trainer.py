@@ -20,6 +20,7 @@ from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, MeshExtractionError
 from neurecon.geometry import extract_mesh
 from neurecon.io import atomic_write, write_json
+from neurecon.log import NoneLogger
 from neurecon.memory import retry_on_oom
 from neurecon.metrics import chamfer, psnr, sample_surface, ssim
 from neurecon.metrics.dtu import evaluate_dtu_mesh
@@ -138,6 +139,7 @@ class Trainer:
             raise ConfigError(f"trainer.resume: checkpoint {resume} does not exist")
         self.resume, self.overwrite = resume, overwrite
         self.history: list[dict[str, float]] = []  # logged every ``log_every`` steps
+        self.logger: Any = NoneLogger()
         self.guard = NaNGuard(**self.guard_cfg)
         mcfg = {"lpips_net": "alex", "dtu_gt_root": None, "dtu_scan": None, "dtu_mask_dilate": 12}
         unknown = set(metrics or {}) - set(mcfg)
@@ -214,6 +216,7 @@ class Trainer:
         renderer: nn.Module,
         optimizer: OptimizerFactory,
         out_dir: str | Path,
+        logger: Any = None,
     ) -> dict[str, Any]:
         """Train; write checkpoints, ``mesh.ply`` (world) and ``metrics.json`` to ``out_dir``.
 
@@ -221,6 +224,7 @@ class Trainer:
         ``diverged``) when the NaN guard gives up.
         """
         out = Path(out_dir)
+        self.logger = logger if logger is not None else NoneLogger()
         resume_from = self._check_out_dir(out)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -238,11 +242,16 @@ class Trainer:
         try:
             train_time = self._train_loop(scene, field, renderer, opt, sched, gen, out, step)
         except TrainingDiverged as e:
-            write_json(out / "metrics.json", self._base_metrics(scene, "diverged", str(e)))
+            m = self._base_metrics(scene, "diverged", str(e))
+            write_json(out / "metrics.json", m)
+            self.logger.log_summary(m)
             raise
         metrics = self._base_metrics(scene, "completed")
         metrics["train_time_s"] = elapsed + train_time
-        return self.evaluate(scene, field, renderer, out, metrics)
+        metrics = self.evaluate(scene, field, renderer, out, metrics)
+        self.logger.log_metrics(self.max_steps, metrics)
+        self.logger.log_summary(metrics)
+        return metrics
 
     def evaluate(
         self,
@@ -361,7 +370,9 @@ class Trainer:
         if "inv_s" in r.extras:
             row["inv_s"] = r.extras["inv_s"].item()
         row["samples_per_s"] = sps
+        row.update(self.guard.counters())
         self.history.append(row)
+        self.logger.log_metrics(step, row)
         post = {"loss": f"{row['loss']:.4f}", "psnr": f"{row['train/psnr']:.2f}"}
         if "inv_s" in row:
             post["inv_s"] = f"{row['inv_s']:.1f}"
@@ -411,7 +422,7 @@ class Trainer:
         views = scene.test_ids.tolist()
         if step is not None:
             views = views[: max(1, self.val_views)]
-        per_view, lpips_missing = [], None
+        per_view, lpips_missing, panels = [], None, {}
         for v in tqdm(views, disable=not self.progress, desc="render", leave=False):
             img = self.render_view(scene, field, renderer, v)
             gt, m = scene.image(v), scene.mask(v)
@@ -428,6 +439,7 @@ class Trainer:
             per_view.append(row)
             normal = (img["normal"] * 0.5 + 0.5) * img["opacity"][..., None]
             panel = np.concatenate([pred, gt, np.clip(normal, 0, 1)], axis=1)
+            panels[f"val/view_{v:03d}"] = panel
             name = f"step_{step:07d}_view_{v:03d}.png" if step is not None else f"view_{v:03d}.png"
             atomic_write(
                 folder / name, lambda p, a=panel: iio.imwrite(p, (a * 255).astype(np.uint8))
@@ -440,6 +452,8 @@ class Trainer:
                 res[f"{prefix}/{key}"] = float(np.mean(vals))
         if step is not None:
             log.info("step %d validation: %s", step, res)
+            self.logger.log_metrics(step, res)
+            self.logger.log_images(step, panels)
         else:
             res["test/per_view"] = per_view
             if lpips_missing:
@@ -467,6 +481,7 @@ class Trainer:
             log.error("mesh extraction: %s", e)
             return {"mesh_error": str(e)}
         atomic_write(out / "mesh.ply", lambda p: mesh.export(p, file_type="ply"))
+        self.logger.log_mesh(self.max_steps, out / "mesh.ply", np.asarray(mesh.vertices))
         res: dict[str, Any] = {"mesh": "mesh.ply", "mesh/vertices": len(mesh.vertices)}
         if scene.gt_points is not None and len(mesh.faces):
             gt = scene.gt_points

@@ -1,0 +1,5 @@
+"""Experiment logging: one interface, several backends (``logger`` config group)."""
+
+from neurecon.log.loggers import AutoLogger, CSVLogger, NoneLogger, TensorBoardLogger, WandbLogger
+
+__all__ = ["AutoLogger", "CSVLogger", "NoneLogger", "TensorBoardLogger", "WandbLogger"]

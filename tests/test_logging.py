@@ -1,0 +1,122 @@
+"""Loggers: W&B offline runs read back from their files, TensorBoard, CSV, sweep grouping."""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY
+from wandb_records import read_run
+
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
+RUN = [o for o in TINY if o != "logger=none"] + [
+    "dataset.shape=sphere",
+    "trainer.max_steps=20",
+    "trainer.log_every=5",
+]
+
+
+def _train(*args, env=None, cwd=REPO):
+    e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    e = {k: v for k, v in e.items() if v is not None}  # None: unset
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=e,
+    )
+
+
+def _wandb_runs(folder: Path) -> list[dict]:
+    files = sorted(glob.glob(str(folder / "**" / "offline-run-*" / "run-*.wandb"), recursive=True))
+    return [read_run(Path(f)) for f in files]
+
+
+def test_wandb_offline_run_has_history_summary_and_no_key(tmp_path):
+    pytest.importorskip("wandb")
+    res = _train(
+        f"hydra.run.dir={tmp_path}",
+        *RUN,
+        "logger=wandb",
+        "logger.mode=auto",
+        env={"WANDB_API_KEY": None, "WANDB_MODE": None},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = _wandb_runs(tmp_path)
+    keys = set().union(*run["history"])
+    for k in (
+        "loss",
+        "loss/color",
+        "loss/eikonal",
+        "inv_s",
+        "lr/network",
+        "samples_per_s",
+        "guard/skipped_steps",
+        "test/psnr",
+        "test/ssim",
+        "chamfer/mean",
+    ):
+        assert k in keys, k
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert run["summary"]["test/psnr"] == pytest.approx(m["test/psnr"])
+    assert run["summary"]["chamfer/mean"] == pytest.approx(m["chamfer/mean"])
+    assert run["config"]["optimizer.lr"] == 1e-3  # top-level copy for parallel coordinates
+    assert run["config"]["optimizer"]["lr"] == 1e-3
+
+
+def test_wandb_api_key_never_lands_in_files(tmp_path):
+    pytest.importorskip("wandb")
+    res = _train(
+        f"hydra.run.dir={tmp_path}",
+        *RUN,
+        "logger=wandb",
+        "logger.mode=offline",
+        env={"WANDB_API_KEY": FAKE_KEY},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert FAKE_KEY not in res.stdout + res.stderr
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            assert FAKE_KEY.encode() not in p.read_bytes(), p
+
+
+def test_multirun_trials_share_the_sweeps_group(tmp_path):
+    pytest.importorskip("wandb")
+    res = _train(
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *RUN,
+        "logger=wandb",
+        "logger.mode=offline",
+        "optimizer.lr=1e-3,2e-3",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = _wandb_runs(tmp_path / "sweep")
+    assert len(runs) == 2
+    assert {r["group"] for r in runs} == {"sweep"}
+    assert sorted(r["config"]["optimizer.lr"] for r in runs) == [1e-3, 2e-3]
+    assert all("test/psnr" in r["summary"] for r in runs)
+
+
+def test_csv_and_tensorboard_loggers(tmp_path):
+    res = _train(f"hydra.run.dir={tmp_path / 'csv'}", *RUN, "logger=csv")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(tmp_path / "csv" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"loss", "inv_s", "test/psnr"} <= {r["key"] for r in rows}
+    assert [float(r["value"]) for r in rows if r["key"] == "loss"]
+
+    pytest.importorskip("tensorboard")
+    res = _train(f"hydra.run.dir={tmp_path / 'tb'}", *RUN, "logger=tensorboard")
+    assert res.returncode == 0, res.stderr[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb" / "tb"))
+    acc.Reload()
+    assert {"loss", "inv_s", "test/psnr"} <= set(acc.Tags()["scalars"])
