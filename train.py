@@ -7,6 +7,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from neurecon.build import run
@@ -16,12 +17,14 @@ log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    out_dir = HydraConfig.get().runtime.output_dir
+def main(cfg: DictConfig) -> float | list[float]:
+    hc = HydraConfig.get()
     try:
-        return run(cfg, out_dir)
+        return run(cfg, hc.runtime.output_dir)
     except NeuReconError as e:  # user error: a clear message, no traceback, exit code 2
         log.error("%s", e)
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed and goes on
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -102,8 +102,8 @@ def make_logger(cfg: DictConfig, out_dir: str | Path):
     return _instantiate(cfg.logger, "logger", _recursive_=False, **kwargs)
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> float:
-    """Train one run in ``out_dir`` and return the configured objective."""
+def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
+    """Train one run in ``out_dir``; return the objective(s) named by ``trainer.objective``."""
     r = build(cfg)
     log.info(
         "scene %s: %d views (%d train / %d test) at %dx%d, masks=%s",
@@ -124,10 +124,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float:
             logger.finish(status)
     if metrics["status"] != "completed":
         log.error("run finished with status %r: %s", metrics["status"], metrics.get("error"))
-    value = metrics.get(r.trainer.objective)
-    if value is None:
-        raise ConfigError(
-            f"trainer.objective={r.trainer.objective!r} is not among the run's metrics: "
-            f"{sorted(k for k, v in metrics.items() if isinstance(v, float | int))}"
-        )
-    return float(value) if math.isfinite(value) else float("nan")
+    objectives = r.trainer.objective
+    names = [objectives] if isinstance(objectives, str) else list(objectives)
+    values = []
+    for name in names:
+        value = metrics.get(name)
+        if not isinstance(value, int | float):
+            raise ConfigError(
+                f"trainer.objective: {name!r} is not among the run's metrics: "
+                f"{sorted(k for k, v in metrics.items() if isinstance(v, float | int))}"
+            )
+        values.append(float(value) if math.isfinite(value) else float("nan"))
+    return values[0] if isinstance(objectives, str) else values

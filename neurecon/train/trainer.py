@@ -6,7 +6,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class Trainer:
         chamfer_threshold: F-score threshold as a fraction of the object's bounding radius.
         loss: weights ``color``, ``eikonal``, ``mask`` and ``color_type`` (l1 | huber | mse).
         use_mask: use the scene's masks (masked colour loss + mask BCE) when it has them.
-        objective: metric key returned to Hydra / Optuna.
+        objective: metric key returned to Hydra / Optuna, or a list of keys (multi-objective).
         progress: show a tqdm bar.  seed, device (auto | cpu | cuda[:i]).
         precision: fp32 | fp16 | bf16 (mixed precision with torch.amp; CUDA only, CPU uses fp32).
         grad_clip: clip the gradient norm to this value (0: off).
@@ -94,7 +94,7 @@ class Trainer:
         chamfer_threshold: float = 0.01,
         loss: Mapping[str, Any] | None = None,
         use_mask: bool = True,
-        objective: str = "test/psnr",
+        objective: str | Sequence[str] = "test/psnr",
         progress: bool = True,
         seed: int = 0,
         device: str = "auto",
@@ -122,7 +122,8 @@ class Trainer:
             raise ConfigError(f"trainer.loss: unknown key(s) {sorted(unknown)}; known {sorted(w)}")
         w.update(dict(loss or {}))
         self.w = w
-        self.use_mask, self.objective, self.progress = use_mask, objective, progress
+        self.use_mask, self.progress = use_mask, progress
+        self.objective = objective if isinstance(objective, str) else list(objective)
         self.seed, self.device = seed, resolve_device(device)
         if precision not in _PRECISIONS:
             raise ConfigError(f"trainer.precision={precision!r}; choose from {list(_PRECISIONS)}")

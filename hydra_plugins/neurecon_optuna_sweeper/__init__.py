@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin: Optuna (current versions) with persistent studies and failure handling."""

@@ -1,0 +1,209 @@
+"""``hydra/sweeper=neurecon_optuna``: Optuna on a current release, same config shape as
+hydra-optuna-sweeper (``sampler``, ``direction``, ``study_name``, ``storage``, ``n_trials``,
+``n_jobs``, ``params`` in Hydra's sweep syntax), plus:
+
+- a persistent study (``load_if_exists``): re-running the same command resumes it;
+- a trial that raises (a crash, a diverged run) is recorded as FAIL and the sweep goes on;
+- job numbers continue across resumed runs, so trial folders never collide;
+- a summary table of all trials (and the best trial / Pareto front) at the end,
+  also written to ``<sweep dir>/trials.csv``.
+
+hydra-optuna-sweeper 1.3 pins optuna<3 (and its RDB storage needs SQLAlchemy<2), and offers no
+pruning; that is why this small plugin exists.
+"""
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict  # noqa: UP035
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NeureconOptunaSweeperConf:
+    _target_: str = "hydra_plugins.neurecon_optuna_sweeper.sweeper.NeureconOptunaSweeper"
+    sampler: str = "tpe"  # tpe | random | nsga2
+    direction: Any = "maximize"  # or a list, one per objective
+    study_name: str = "neurecon"
+    storage: Any = None  # null: in memory; sqlite:///path.db, postgresql://...
+    n_trials: int = 8
+    n_jobs: int = 1  # trials launched together (with a parallel launcher, e.g. joblib)
+    seed: Any = None
+    params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006  (OmegaConf typing)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper",
+    name="neurecon_optuna",
+    node=NeureconOptunaSweeperConf,
+    provider="neurecon",
+)
+
+
+def _distribution(key: str, sweep: Any):
+    import optuna.distributions as d
+
+    if isinstance(sweep, ChoiceSweep):
+        return d.CategoricalDistribution(sweep.list)
+    if isinstance(sweep, RangeSweep):
+        return d.IntDistribution(int(sweep.start), int(sweep.stop) - 1, step=int(sweep.step or 1))
+    if isinstance(sweep, IntervalSweep):
+        log_scale = "log" in sweep.tags
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int) and not log_scale:
+            return d.IntDistribution(sweep.start, sweep.end)
+        return d.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+    raise ValueError(f"hydra.sweeper.params.{key}: unsupported sweep {sweep!r}")
+
+
+def _sampler(name: str, seed: Any):
+    import optuna
+
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    if name not in samplers:
+        raise ValueError(f"hydra.sweeper.sampler={name!r}; choose from {sorted(samplers)}")
+    return samplers[name](seed=seed)
+
+
+class NeureconOptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        sampler: str,
+        direction: Any,
+        study_name: str,
+        storage: Any,
+        n_trials: int,
+        n_jobs: int,
+        seed: Any,
+        params: dict[str, str],
+    ) -> None:
+        self.sampler_name, self.study_name, self.storage = sampler, study_name, storage
+        self.directions = (
+            list(direction)
+            if isinstance(direction, list | tuple) or (OmegaConf.is_list(direction))
+            else [direction]
+        )
+        self.n_trials, self.n_jobs, self.seed = int(n_trials), max(1, int(n_jobs)), seed
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def _split(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """Search space from ``params`` and sweep-syntax arguments; the rest stay fixed."""
+        parser = OverridesParser.create()
+        space: dict[str, Any] = {}
+        for ov in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()]):
+            space[ov.get_key_element()] = _distribution(ov.get_key_element(), ov.value())
+        fixed = []
+        for ov in parser.parse_overrides(arguments):
+            if ov.is_sweep_override():
+                space[ov.get_key_element()] = _distribution(ov.get_key_element(), ov.value())
+            else:
+                fixed.append(ov.input_line)
+        return space, fixed
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        space, fixed = self._split(arguments)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=_sampler(self.sampler_name, self.seed),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        start = len(study.trials)
+        if start:
+            log.info("resuming study %r: %d earlier trials", self.study_name, start)
+        log.info("study %r: %d trials over %s", self.study_name, self.n_trials, list(space))
+        done = 0
+        while done < self.n_trials:
+            batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            overrides = [
+                tuple(fixed) + tuple(f"{k}={v}" for k, v in t.params.items()) for t in batch
+            ]
+            # Job numbers continue after earlier runs of the study: folders never collide.
+            returns = self.launcher.launch(overrides, initial_job_idx=start + done)
+            for trial, ret in zip(batch, returns, strict=True):
+                self._tell(study, trial, ret)
+            done += len(batch)
+        self._summarise(study)
+
+    def _tell(self, study: Any, trial: Any, ret: Any) -> None:
+        import optuna
+
+        try:
+            value = ret.return_value  # re-raises the job's exception when it failed
+            values = list(value) if isinstance(value, list | tuple) else [value]
+            if len(values) != len(self.directions) or not all(
+                isinstance(v, int | float) and math.isfinite(v) for v in values
+            ):
+                raise ValueError(
+                    f"objective {value!r} is not {len(self.directions)} finite number(s)"
+                )
+            study.tell(trial, values if len(values) > 1 else values[0])
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("trial %d pruned", trial.number)
+        except Exception as e:  # a crashed or diverged trial must not end the sweep
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+
+    def _summarise(self, study: Any) -> None:
+        trials = study.trials
+        keys = sorted({k for t in trials for k in t.params})
+        rows = [
+            [t.number, t.state.name, *(t.values or [None]), *[t.params.get(k) for k in keys]]
+            for t in trials
+        ]
+        names = (
+            ["value"]
+            if len(self.directions) == 1
+            else [f"value_{i}" for i in range(len(self.directions))]
+        )
+        header = ["trial", "state", *names, *keys]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            lines.append(
+                "| "
+                + " | ".join(
+                    "" if x is None else (f"{x:.5g}" if isinstance(x, float) else str(x)) for x in r
+                )
+                + " |"
+            )
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        if complete and len(self.directions) == 1:
+            lines.append(
+                f"best: trial {study.best_trial.number}, value {study.best_value:.5g}, "
+                f"params {study.best_params}"
+            )
+        elif complete:
+            front = ", ".join(f"trial {t.number} {t.values}" for t in study.best_trials)
+            lines.append(f"Pareto front: {front}")
+        table = "\n".join(lines)
+        log.info("sweep summary (%d trials):\n%s", len(trials), table)
+        with open(self.sweep_dir / "trials.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)

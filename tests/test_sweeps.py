@@ -1,0 +1,114 @@
+"""Real tiny sweeps through the command line (lightning-hydra-template style)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY
+from test_logging import _wandb_runs
+
+optuna = pytest.importorskip("optuna")
+FAST = [o for o in TINY if o != "logger=none"] + [
+    "dataset.shape=sphere",
+    "trainer.max_steps=15",
+    "trainer.log_every=5",
+]
+
+
+def _sweep(sweep_dir, *args):
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+
+
+def _study(sweep_dir, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir}/optuna.db")
+
+
+def test_lr_inv_s_sweep_logs_every_trial_to_one_wandb_group(tmp_path):
+    pytest.importorskip("wandb")
+    sweep_dir = tmp_path / "lr_sweep"
+    res = _sweep(
+        sweep_dir,
+        "sweep=lr_inv_s",
+        "hydra.sweeper.n_trials=4",
+        "logger=wandb",
+        "logger.mode=offline",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(sweep_dir, "lr_inv_s")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    runs = _wandb_runs(sweep_dir)
+    assert len(runs) == 4 and {r["group"] for r in runs} == {"lr_sweep"}
+    psnrs = sorted(t.value for t in study.trials)
+    assert sorted(r["summary"]["test/psnr"] for r in runs) == pytest.approx(psnrs)
+    for r in runs:
+        keys = set().union(*r["history"])
+        assert {"test/psnr", "test/ssim", "chamfer/mean"} <= keys
+        assert {"test/psnr", "test/ssim", "chamfer/mean"} <= set(r["summary"])
+        assert "optimizer.lr" in r["config"] and "field.variance_init" in r["config"]
+    assert "sweep summary (4 trials)" in res.stderr + res.stdout
+
+
+def test_rerunning_the_same_sweep_resumes_the_study(tmp_path):
+    args = ["sweep=lr_inv_s", "hydra.sweeper.n_trials=2", "logger=none"]
+    for _ in range(2):
+        res = _sweep(tmp_path / "s", *args)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert len(_study(tmp_path / "s", "lr_inv_s").trials) == 4
+    assert sorted(p.name for p in (tmp_path / "s").glob("trial_*")) == [
+        "trial_0",
+        "trial_1",
+        "trial_2",
+        "trial_3",
+    ]
+
+
+def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    res = _sweep(
+        tmp_path / "f",
+        "sweep=lr_inv_s",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler=random",
+        "logger=none",
+        "optimizer.lr=choice(-1.0,0.001,0.002,0.003)",  # -1: an invalid config value
+        "trainer.faults.nan_loss_from=choice(1,100000,200000)",  # 1: NaN from the start
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(tmp_path / "f", "lr_inv_s").trials
+    states = [t.state.name for t in trials]
+    assert len(trials) == 6 and "FAIL" in states and "COMPLETE" in states
+    for t in trials:
+        bad = t.params["optimizer.lr"] < 0 or t.params["trainer.faults.nan_loss_from"] == 1
+        assert (t.state.name == "FAIL") == bad, (t.params, t.state)
+    with open(tmp_path / "f" / "trials.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 6
+
+
+def test_multiobjective_sweep_reports_a_pareto_front(tmp_path):
+    res = _sweep(tmp_path / "m", "sweep=multiobjective", "hydra.sweeper.n_trials=3", "logger=none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(tmp_path / "m", "multiobjective").trials
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in trials)
+    assert "Pareto front" in res.stderr + res.stdout
+
+
+def test_grid_lr_uses_hydras_basic_sweeper(tmp_path):
+    res = _sweep(
+        tmp_path / "g", "sweep=grid_lr", "logger=none", "hydra.sweep.subdir=lr_${optimizer.lr}"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir() if p.name.startswith("lr_")) == [
+        "lr_0.001",
+        "lr_0.005",
+        "lr_0.01",
+    ]
