@@ -112,3 +112,25 @@ def test_grid_lr_uses_hydras_basic_sweeper(tmp_path):
         "lr_0.005",
         "lr_0.01",
     ]
+
+
+def test_pruner_stops_hopeless_trials_from_validation_psnr(tmp_path):
+    res = _sweep(
+        tmp_path / "p",
+        "sweep=lr_inv_s",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=2",  # draws two good trials first: the median needs them
+        "hydra.sweeper.pruner=median",
+        "logger=none",
+        "trainer.val_every=5",
+        "trainer.max_steps=20",
+        "optimizer.lr=choice(0.005,1e-9)",  # 1e-9: learns nothing, a hopeless trial
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(tmp_path / "p", "lr_inv_s").trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, [(t.params, t.state.name, t.intermediate_values) for t in trials]
+    for t in pruned:
+        assert t.params["optimizer.lr"] == 1e-9 and t.intermediate_values  # reported, then cut
+    assert all(t.state.name == "COMPLETE" for t in trials if t.params["optimizer.lr"] == 0.005)

@@ -39,6 +39,7 @@ class NeureconOptunaSweeperConf:
     n_trials: int = 8
     n_jobs: int = 1  # trials launched together (with a parallel launcher, e.g. joblib)
     seed: Any = None
+    pruner: Any = None  # null | median | hyperband: stop trials from intermediate val PSNR
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006  (OmegaConf typing)
 
 
@@ -78,6 +79,19 @@ def _sampler(name: str, seed: Any):
     return samplers[name](seed=seed)
 
 
+def _pruner(name: Any):
+    import optuna
+
+    if name is None:
+        return optuna.pruners.NopPruner()
+    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+    if name not in pruners:
+        raise ValueError(f"hydra.sweeper.pruner={name!r}; choose null, {sorted(pruners)}")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return pruners[name]()
+
+
 class NeureconOptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -89,6 +103,7 @@ class NeureconOptunaSweeper(Sweeper):
         n_jobs: int,
         seed: Any,
         params: dict[str, str],
+        pruner: Any = None,
     ) -> None:
         self.sampler_name, self.study_name, self.storage = sampler, study_name, storage
         self.directions = (
@@ -98,6 +113,9 @@ class NeureconOptunaSweeper(Sweeper):
         )
         self.n_trials, self.n_jobs, self.seed = int(n_trials), max(1, int(n_jobs)), seed
         self.params = dict(params or {})
+        self.pruner_name = pruner
+        if pruner is not None and storage is None:
+            raise ValueError("hydra.sweeper.pruner needs a storage (trials report through it)")
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
@@ -132,6 +150,7 @@ class NeureconOptunaSweeper(Sweeper):
             sampler=_sampler(self.sampler_name, self.seed),
             directions=self.directions,
             load_if_exists=True,
+            pruner=_pruner(self.pruner_name),
         )
         start = len(study.trials)
         if start:
@@ -141,7 +160,10 @@ class NeureconOptunaSweeper(Sweeper):
         while done < self.n_trials:
             batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             overrides = [
-                tuple(fixed) + tuple(f"{k}={v}" for k, v in t.params.items()) for t in batch
+                tuple(fixed)
+                + tuple(f"{k}={v}" for k, v in t.params.items())
+                + self._pruning_overrides(t)
+                for t in batch
             ]
             # Job numbers continue after earlier runs of the study: folders never collide.
             returns = self.launcher.launch(overrides, initial_job_idx=start + done)
@@ -149,6 +171,12 @@ class NeureconOptunaSweeper(Sweeper):
                 self._tell(study, trial, ret)
             done += len(batch)
         self._summarise(study)
+
+    def _pruning_overrides(self, trial: Any) -> tuple[str, ...]:
+        if self.pruner_name is None:
+            return ()
+        spec = f"{{storage:'{self.storage}',study:'{self.study_name}',trial_id:{trial._trial_id}}}"
+        return (f"trainer.pruning={spec}",)
 
     def _tell(self, study: Any, trial: Any, ret: Any) -> None:
         import optuna

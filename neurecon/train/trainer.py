@@ -35,6 +35,7 @@ from neurecon.train.checkpoint import (
 )
 from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
 from neurecon.train.losses import color_loss, mask_loss
+from neurecon.train.pruning import make_reporter
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Trainer:
             (lists) and ``nan_loss_from`` (every iteration from then on).
         resume: ``never``, ``auto`` (newest checkpoint in the run dir, if any) or a file path.
         overwrite: allow writing into a run dir that already holds a finished run.
+        pruning: set by the Optuna sweeper (``storage``, ``study``, ``trial_id``, ``metric``):
+            validation results are reported to the trial, which may be pruned.
         metrics: ``lpips_net`` (alex | vgg | null to skip), ``dtu_gt_root`` / ``dtu_scan`` (the
             official DTU evaluation files; scan defaults to the scene's ``dtu_scanN`` name),
             ``dtu_mask_dilate`` (pixels).
@@ -105,6 +108,7 @@ class Trainer:
         resume: str = "never",
         overwrite: bool = False,
         metrics: Mapping[str, Any] | None = None,
+        pruning: Mapping[str, Any] | None = None,
     ) -> None:
         for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays), ("chunk", chunk)):
             if int(val) < 1:
@@ -148,6 +152,8 @@ class Trainer:
             raise ConfigError(f"metrics: unknown key(s) {sorted(unknown)}; known {sorted(mcfg)}")
         mcfg.update(dict(metrics or {}))
         self.metrics_cfg = mcfg
+        self.pruning = dict(pruning or {})
+        self.reporter = None
 
     # ------------------------------------------------------------------ training
     def _losses(self, out: RenderOutput, rgb: torch.Tensor, mask: torch.Tensor | None):
@@ -240,6 +246,7 @@ class Trainer:
             self.guard.skipped = int(state["guard"]["skipped"])
             self.guard.rollbacks = int(state["guard"]["rollbacks"])
             log.info("resumed from %s at step %d", resume_from, step)
+        self.reporter = make_reporter(self.pruning)
         try:
             train_time = self._train_loop(scene, field, renderer, opt, sched, gen, out, step)
         except TrainingDiverged as e:
@@ -455,6 +462,8 @@ class Trainer:
             log.info("step %d validation: %s", step, res)
             self.logger.log_metrics(step, res)
             self.logger.log_images(step, panels)
+            if self.reporter is not None:
+                self.reporter.report(step, res[self.pruning.get("metric", "val/psnr")])
         else:
             res["test/per_view"] = per_view
             if lpips_missing:
