@@ -140,18 +140,10 @@ class NeureconOptunaSweeper(Sweeper):
         return space, fixed
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
 
         space, fixed = self._split(arguments)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=_sampler(self.sampler_name, self.seed),
-            directions=self.directions,
-            load_if_exists=True,
-            pruner=_pruner(self.pruner_name),
-        )
+        study = self._create_study()
         start = len(study.trials)
         if start:
             log.info("resuming study %r: %d earlier trials", self.study_name, start)
@@ -171,6 +163,33 @@ class NeureconOptunaSweeper(Sweeper):
                 self._tell(study, trial, ret)
             done += len(batch)
         self._summarise(study)
+
+    def _create_study(self, attempts: int = 6) -> Any:
+        """Create or load the study. Workers started together on a fresh database race to
+        create Optuna's tables; the loser retries after a short random wait."""
+        import random
+        import time
+
+        import optuna
+
+        for i in range(attempts):
+            try:
+                return optuna.create_study(
+                    study_name=self.study_name,
+                    storage=self.storage,
+                    sampler=_sampler(self.sampler_name, self.seed),
+                    directions=self.directions,
+                    load_if_exists=True,
+                    pruner=_pruner(self.pruner_name),
+                )
+            except Exception as e:  # SQLAlchemy integrity / operational errors from the race
+                if self.storage is None or i == attempts - 1:
+                    raise
+                log.warning(
+                    "creating study %r failed (%s); retrying", self.study_name, type(e).__name__
+                )
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
 
     def _pruning_overrides(self, trial: Any) -> tuple[str, ...]:
         if self.pruner_name is None:
