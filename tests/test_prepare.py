@@ -15,19 +15,8 @@ from neurecon.data import NeuSScene, SyntheticScene
 pytest.importorskip("pycolmap")
 
 
-def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
-    truth = SyntheticScene(
-        resolution=320,
-        num_views=20,
-        texture="noise",
-        orbit_elevation_deg=30,
-        cam_distance=1.9,
-        num_gt_points=1000,
-    )
-    (tmp_path / "photos").mkdir()
-    for i in range(truth.num_views):
-        iio.imwrite(tmp_path / "photos" / f"IMG_{i:04d}.png", truth.images[i].numpy())
-    res = subprocess.run(
+def _prepare(tmp_path):
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -40,6 +29,21 @@ def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
         text=True,
         timeout=600,
     )
+
+
+def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
+    truth = SyntheticScene(
+        resolution=320,
+        num_views=20,
+        texture="noise",
+        orbit_elevation_deg=30,
+        cam_distance=1.9,
+        num_gt_points=1000,
+    )
+    (tmp_path / "photos").mkdir()
+    for i in range(truth.num_views):
+        iio.imwrite(tmp_path / "photos" / f"IMG_{i:04d}.png", truth.images[i].numpy())
+    res = _prepare(tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "registered 20 of 20 images" in res.stderr
     s = NeuSScene(str(tmp_path / "scene"), test_every=0, use_mask="auto")
@@ -53,18 +57,7 @@ def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
     # The scene is normalised: every camera outside the unit sphere, looking into it.
     assert (s.c2w[:, :3, 3].norm(dim=-1) > 1.0).all()
     # Never overwritten without asking.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neurecon.data.prepare",
-            str(tmp_path / "photos"),
-            str(tmp_path / "scene"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    again = _prepare(tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
@@ -73,19 +66,7 @@ def test_prepare_reports_how_many_images_registered(tmp_path):
     (tmp_path / "photos").mkdir()
     for i in range(4):  # unrelated noise: nothing to match
         iio.imwrite(tmp_path / "photos" / f"{i}.png", rng.integers(0, 255, (96, 96, 3), np.uint8))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neurecon.data.prepare",
-            str(tmp_path / "photos"),
-            str(tmp_path / "scene"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = _prepare(tmp_path)
     assert res.returncode == 2
     assert "error: structure from motion registered" in res.stderr and "of 4 images" in res.stderr
     assert "Traceback" not in res.stderr

@@ -115,3 +115,12 @@ def test_dtu_short_run_mesh_overlaps_scale_mat_sphere(dtu_scan65, tmp_path):
     lo, hi = mesh.bounds
     assert np.all(hi > centre - radius) and np.all(lo < centre + radius)
     assert np.linalg.norm(mesh.vertices.mean(0) - centre) < radius
+
+
+@pytest.mark.slow
+def test_default_run_meets_its_targets(tmp_path):
+    """`python train.py` as a new user runs it (about 5 min on 2 CPU cores)."""
+    res = _train_cli(tmp_path, "logger=none", "trainer.progress=false", timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["test/psnr"] >= 25.0 and m["chamfer/relative"] <= 0.01, m

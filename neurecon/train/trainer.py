@@ -135,8 +135,7 @@ class Trainer:
             log.warning("trainer.precision=%s needs CUDA; using fp32 on %s", precision, self.device)
             precision = "fp32"
         self.precision, self.grad_clip = precision, float(grad_clip)
-        self.guard_cfg = dict(guard or {})
-        NaNGuard(**self.guard_cfg)  # validate now, with the config's key names
+        self.guard = NaNGuard(**dict(guard or {}))  # validates trainer.guard.* now
         self.faults = {k: v for k, v in dict(faults or {}).items() if v not in (None, [])}
         if set(self.faults) - _FAULT_KEYS:
             raise ConfigError(f"trainer.faults: unknown {sorted(set(self.faults) - _FAULT_KEYS)}")
@@ -145,7 +144,6 @@ class Trainer:
         self.resume, self.overwrite = resume, overwrite
         self.history: list[dict[str, float]] = []  # logged every ``log_every`` steps
         self.logger: Any = NoneLogger()
-        self.guard = NaNGuard(**self.guard_cfg)
         mcfg = {"lpips_net": "alex", "dtu_gt_root": None, "dtu_scan": None, "dtu_mask_dilate": 12}
         unknown = set(metrics or {}) - set(mcfg)
         if unknown:
