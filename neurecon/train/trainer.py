@@ -337,8 +337,7 @@ class Trainer:
                     if self._fault("nan_param_at", iteration):
                         with torch.no_grad():
                             next(iter(field.parameters())).fill_(math.nan)
-                    inv_s = getattr(field, "inv_s", None)
-                    bad_param = inv_s is not None and not bool(torch.isfinite(inv_s()))
+                    bad_param = not self.guard.key_params_finite(field)
                     if self._fault("nan_param_at", iteration) or bad_param:
                         cause = "param"
             sched.step()
