@@ -381,7 +381,7 @@ class Trainer:
         post = {"loss": f"{row['loss']:.4f}", "psnr": f"{row['train/psnr']:.2f}"}
         if "inv_s" in row:
             post["inv_s"] = f"{row['inv_s']:.1f}"
-        post["lr"] = f"{opt.param_groups[0]['lr']:.2e}"
+        post["lr"] = f"{row.get('lr/network', opt.param_groups[0]['lr']):.2e}"  # the main group
         bar.set_postfix(post)
         log.debug("step %d %s", step, row)
 
