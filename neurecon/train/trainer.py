@@ -6,7 +6,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +222,14 @@ class Trainer:
         optimizer: OptimizerFactory,
         out_dir: str | Path,
         logger: Any = None,
+        callback: Callable[[int, dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
         """Train; write checkpoints, ``mesh.ply`` (world) and ``metrics.json`` to ``out_dir``.
 
-        Raises :class:`TrainingDiverged` (after writing ``metrics.json`` with status
-        ``diverged``) when the NaN guard gives up.
+        ``callback(step, stats)`` runs after every applied step (``stats``: ``samples``, ``rays``,
+        ``loss``); returning True ends training early (benchmarks use it).
+        Raises :class:`TrainingDiverged` (after writing ``metrics.json`` with status ``diverged``)
+        when the NaN guard gives up.
         """
         out = Path(out_dir)
         self.logger = logger if logger is not None else NoneLogger()
@@ -246,7 +249,9 @@ class Trainer:
             log.info("resumed from %s at step %d", resume_from, step)
         self.reporter = make_reporter(self.pruning)
         try:
-            train_time = self._train_loop(scene, field, renderer, opt, sched, gen, out, step)
+            train_time = self._train_loop(
+                scene, field, renderer, opt, sched, gen, out, step, callback
+            )
         except TrainingDiverged as e:
             m = self._base_metrics(scene, "diverged", str(e))
             write_json(out / "metrics.json", m)
@@ -295,7 +300,9 @@ class Trainer:
             m["samples_per_s"] = self.history[-1].get("samples_per_s", 0.0)
         return m
 
-    def _train_loop(self, scene, field, renderer, opt, sched, gen, out: Path, step: int) -> float:
+    def _train_loop(
+        self, scene, field, renderer, opt, sched, gen, out: Path, step: int, callback=None
+    ) -> float:
         """Optimise from ``step`` to ``max_steps``; returns wall time in seconds."""
         bg = scene.background.to(self.device)
         use_mask = self.use_mask and scene.masks is not None
@@ -364,6 +371,9 @@ class Trainer:
                 self._validate(scene, field, renderer, out / "val", step)
             if (self.ckpt_every and step % self.ckpt_every == 0) or step == self.max_steps:
                 self._save(out, self._state(step, field, opt, sched, gen, time.time() - t0))
+            stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss}
+            if callback is not None and callback(step, stats):
+                break
         bar.close()
         return time.time() - t0
 

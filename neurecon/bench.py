@@ -1,0 +1,283 @@
+"""Speed and memory figures for the current machine: ``python -m neurecon.bench [overrides]``.
+
+Prints a table (and ``--json FILE``) of:
+- encoder+field forward/backward samples/s on random points (no renderer, no sampler);
+- the full training step's samples/s, steps/s, and the sampler+renderer overhead per sample
+  (``field samples/s ÷ step samples/s − 1``);
+- training time until the mean test-view PSNR reaches ``--psnr-target`` on the run's scene
+  (the built-in one by default; the bench's own validation renders are not counted);
+- peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) during training and
+  while validating one 1600×1200 view with the trained field, and their ratio.
+
+Any config override works as for ``train.py`` (``encoder=hashgrid renderer.grid=null``). Targets
+are printed beside the figures; nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from neurecon.build import build
+from neurecon.data.scene import Scene
+from neurecon.errors import ConfigError, NeuReconError
+from neurecon.io import write_json
+from neurecon.memory import PeakMemory
+from neurecon.metrics import psnr
+from neurecon.train.trainer import resolve_device
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# The bench times training alone: no periodic validation, checkpoints, mesh or LPIPS.
+BENCH_OVERRIDES = [
+    "logger=none",
+    "trainer.progress=false",
+    "trainer.val_every=0",
+    "trainer.ckpt_every=0",
+    "trainer.mesh_resolution=0",
+    "metrics.lpips_net=null",
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    if not (CONF / "config.yaml").is_file():
+        raise ConfigError(f"config folder {CONF} not found (run from a source checkout)")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*BENCH_OVERRIDES, *overrides])
+
+
+def bench_field(field: torch.nn.Module, n: int, device: torch.device, seconds: float = 3.0):
+    """Forward + backward of the field alone on ``n`` random points in the unit ball.
+
+    SDF fields are differentiated twice as in training (eikonal term, normals in the colour net).
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g)
+    x = (x / x.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g) ** (1 / 3)).to(device)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
+    field.to(device).train()
+
+    def step() -> None:
+        out = field(x, d)
+        loss = out.color.mean()
+        grad = getattr(out, "gradient", None)
+        loss = loss + (((grad.norm(dim=-1) - 1) ** 2).mean() if grad is not None else 0.0)
+        if getattr(out, "density", None) is not None:
+            loss = loss + out.density.mean()
+        loss.backward()
+        field.zero_grad(set_to_none=True)
+
+    for _ in range(2):  # warm-up (allocator, lazy init, autotuning)
+        step()
+    _sync(device)
+    t0, iters = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds or iters < 3:
+        step()
+        iters += 1
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return {"field_samples_per_s": n * iters / dt, "field_points": n}
+
+
+class _TrainProbe:
+    """Trainer callback: timing without the probe's own validation renders, PSNR checks."""
+
+    def __init__(self, run, device, target: float, budget_s: float, every: int, warmup: int = 10):
+        self.run, self.device, self.target, self.budget = run, device, target, budget_s
+        self.every, self.warmup = every, warmup
+        self.mem = PeakMemory(device)
+        self.train_peak = 0.0
+        self.t_last = time.perf_counter()
+        self.train_s = 0.0  # training wall time, probe excluded
+        self.timed_s, self.timed_samples, self.timed_steps = 0.0, 0, 0
+        self.time_to_target: float | None = None
+        self.steps_to_target: int | None = None
+        self.curve: list[dict[str, float]] = []
+        self.mem.reset()
+
+    def test_psnr(self) -> float:
+        sc = self.run.scene
+        vals = []
+        for v in sc.test_ids.tolist():
+            img = self.run.trainer.render_view(sc, self.run.field, self.run.renderer, v)
+            vals.append(psnr(np.clip(img["color"], 0, 1), sc.image(v)))
+        return float(np.mean(vals))
+
+    def __call__(self, step: int, stats: dict[str, Any]) -> bool:
+        _sync(self.device)
+        now = time.perf_counter()
+        dt = now - self.t_last
+        self.train_s += dt
+        if step > self.warmup:
+            self.timed_s += dt
+            self.timed_samples += int(stats["samples"])
+            self.timed_steps += 1
+        stop = self.train_s >= self.budget
+        if step % self.every == 0 or stop:
+            self.train_peak = max(self.train_peak, self.mem.read())
+            value = self.test_psnr()
+            self.curve.append({"step": step, "train_s": self.train_s, "psnr": value})
+            print(f"  step {step:5d}  {self.train_s:6.1f} s  test PSNR {value:5.2f} dB", flush=True)
+            if value >= self.target and self.time_to_target is None:
+                self.time_to_target, self.steps_to_target = self.train_s, step
+                stop = True
+            self.mem.reset()  # the probe's renders do not count as training memory
+        self.t_last = time.perf_counter()
+        return stop
+
+
+def bench_training(run, device: torch.device, target: float, budget_s: float, every: int):
+    probe = _TrainProbe(run, device, target, budget_s, every)
+    with tempfile.TemporaryDirectory() as tmp:
+        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp, callback=probe)
+    probe.train_peak = max(probe.train_peak, probe.mem.read())
+    sps = probe.timed_samples / max(probe.timed_s, 1e-9)
+    return {
+        "step_samples_per_s": sps,
+        "steps_per_s": probe.timed_steps / max(probe.timed_s, 1e-9),
+        "samples_per_step": probe.timed_samples / max(probe.timed_steps, 1),
+        "train_steps": probe.curve[-1]["step"] if probe.curve else 0,
+        "train_s": probe.train_s,
+        "psnr_target": target,
+        "time_to_target_s": probe.time_to_target,
+        "steps_to_target": probe.steps_to_target,
+        "final_test_psnr": probe.curve[-1]["psnr"] if probe.curve else float("nan"),
+        "train_peak_mib": probe.train_peak,
+        "psnr_curve": probe.curve,
+        "memory_kind": probe.mem.kind,
+    }
+
+
+def _big_view(scene: Scene, width: int, height: int, rows: int) -> Scene:
+    """Test view 0's camera with the same horizontal field of view at ``width``×``height``;
+    only the central ``rows`` rows when ``rows < height`` (reported as such)."""
+    v = int(scene.test_ids[0])
+    K = scene.K[v].clone().double()
+    s = width / scene.hw[1]
+    K[0, 0], K[1, 1] = K[0, 0] * s, K[1, 1] * s
+    K[0, 2], K[1, 2] = width / 2, rows / 2
+    img = np.zeros((1, rows, width, 3), np.uint8)
+    return Scene(
+        img, K[None].float().numpy(), scene.c2w[v : v + 1].numpy(), scene.to_world, [0], [0],
+        background=scene.background.tolist(), name=f"{scene.name}_{width}x{height}",
+    )  # fmt: skip
+
+
+def bench_validation(run, device: torch.device, width: int, height: int, rows: int):
+    big = _big_view(run.scene, width, height, min(rows, height))
+    with PeakMemory(device) as pm:
+        t0 = time.perf_counter()
+        run.trainer.render_view(big, run.field, run.renderer, 0)
+        _sync(device)
+        dt = time.perf_counter() - t0
+    return {
+        "val_size": f"{width}x{height}",
+        "val_rows": big.hw[0],
+        "val_s": dt,
+        "val_peak_mib": pm.mib,
+        "val_chunk": run.trainer.chunk,
+    }
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "not reached"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        return f"{v:,.0f}{unit}" if abs(v) >= 100 else f"{v:.3g}{unit}"
+    return f"{v}{unit}"
+
+
+def report(res: dict[str, Any]) -> str:
+    overhead = res["field_samples_per_s"] / max(res["step_samples_per_s"], 1e-9) - 1.0
+    ratio = res["val_peak_mib"] / max(res["train_peak_mib"], 1e-9)
+    res["renderer_overhead"] = overhead
+    res["val_train_peak_ratio"] = ratio
+    band = "" if res["val_rows"] == int(res["val_size"].split("x")[1]) else (
+        f" (central {res['val_rows']} rows)"
+    )  # fmt: skip
+    rows = [
+        ("encoder+field fwd/bwd", _fmt(res["field_samples_per_s"], " samples/s"), ""),
+        ("training step", _fmt(res["step_samples_per_s"], " samples/s"), ""),
+        ("sampler+renderer overhead", f"{overhead:+.0%} per sample", "<= +50%"),
+        ("training steps/s", _fmt(res["steps_per_s"]), ""),
+        ("samples per step", _fmt(res["samples_per_step"]), ""),
+        (
+            f"time to test PSNR {res['psnr_target']:g} dB",
+            _fmt(res["time_to_target_s"], " s")
+            + (f" ({res['steps_to_target']} steps)" if res["steps_to_target"] else ""),
+            "",
+        ),
+        (f"training peak ({res['memory_kind']})", _fmt(res["train_peak_mib"], " MiB"), ""),
+        (
+            f"validation {res['val_size']}{band}",
+            f"{_fmt(res['val_peak_mib'], ' MiB')} in {res['val_s']:.1f} s",
+            "",
+        ),
+        ("validation / training peak", f"{ratio:.2f}x", "<= 1.2x"),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"{'figure':<{w0}}  {'value':<{w1}}  target", "-" * (w0 + w1 + 12)]
+    lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = (__doc__ or "").split("\n")[0]
+    ap = argparse.ArgumentParser(prog="python -m neurecon.bench", description=doc)
+    ap.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
+    ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument("--psnr-target", type=float, default=25.0)
+    ap.add_argument("--budget", type=float, default=150.0, help="max training seconds")
+    ap.add_argument("--check-every", type=int, default=50, help="steps between PSNR checks")
+    ap.add_argument("--points", type=int, default=32768, help="points for the field benchmark")
+    ap.add_argument("--val-size", default="1600x1200", help="WIDTHxHEIGHT of the validation view")
+    ap.add_argument("--val-rows", type=int, default=0, help="render only the central rows (0: all)")
+    args = ap.parse_args(argv)
+    try:
+        width, height = (int(s) for s in args.val_size.lower().split("x"))
+        cfg = compose_config(args.overrides)
+        device = resolve_device(cfg.trainer.device)
+        run = build(cfg)
+        res: dict[str, Any] = {
+            "overrides": args.overrides,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        }
+        print(f"neurecon.bench on {res['device']} ({res['threads']} threads), torch {res['torch']}")
+        res.update(bench_field(run.field, args.points, device))
+        # The field benchmark touched the parameters' grads only; train from the same init.
+        run = build(cfg)
+        res.update(bench_training(run, device, args.psnr_target, args.budget, args.check_every))
+        res.update(bench_validation(run, device, width, height, args.val_rows or height))
+    except (NeuReconError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report(res))
+    if args.json:
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
