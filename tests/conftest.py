@@ -18,6 +18,7 @@ TINY = [
     "dataset.num_views=16",
     "dataset.num_gt_points=20000",
     "trainer.batch_rays=256",
+    "trainer.samples_per_step=8192",
     "trainer.val_every=0",
     "trainer.ckpt_every=0",
     "trainer.mesh_resolution=48",

@@ -1,7 +1,16 @@
-"""Multiresolution hash encoding (Instant-NGP), in pure PyTorch, vectorised across levels."""
+"""Multiresolution hash encoding (Instant-NGP): pure PyTorch, or tiny-cuda-nn on CUDA.
+
+The PyTorch backend follows tiny-cuda-nn's ``HashGrid`` conventions exactly (level scales,
+``+0.5`` offset, dense indexing while a level fits its table, 32-bit XOR prime hash, tables
+rounded up to multiples of 8, parameters laid out level by level as ``[entry, feature]``), so a
+parameter vector means the same thing to both backends and they can be checked against each
+other.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 
 import torch
@@ -9,9 +18,15 @@ from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 _PRIMES = (1, 2654435761, 805459861)
-# The 8 corners of a voxel as (8, 3) offsets.
-_CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
+BACKENDS = ("torch", "tcnn")
+
+
+def tcnn_available() -> bool:
+    """tiny-cuda-nn can run here: CUDA present and ``tinycudann`` installed (not imported)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("tinycudann") is not None
 
 
 class HashGridEncoder(nn.Module):
@@ -27,6 +42,8 @@ class HashGridEncoder(nn.Module):
         log2_table_size: entries per level (at most).
         base_resolution, max_resolution: grid resolution of the coarsest / finest level.
         include_input: prepend the raw input (lets an SDF MLP keep a geometric init).
+        backend: ``torch`` or ``tcnn`` (tiny-cuda-nn's fused CUDA kernels when CUDA and
+            ``tinycudann`` are available; otherwise one warning and the torch backend).
     Shapes: (N, 3) → (N, out_dim), ``out_dim = n_levels * n_features (+ 3)``.
     """
 
@@ -45,52 +62,101 @@ class HashGridEncoder(nn.Module):
         super().__init__()
         if in_dim != 3:
             raise ConfigError("encoder: the hash grid encodes 3-D positions (in_dim=3)")
-        if backend != "torch":
-            raise ConfigError(f"encoder.backend={backend!r} is unknown; available: 'torch'")
+        if backend not in BACKENDS:
+            raise ConfigError(f"encoder.backend={backend!r} is unknown; choose from {BACKENDS}")
         if n_levels < 1 or n_features < 1 or base_resolution < 2:
             raise ConfigError("encoder: need n_levels >= 1, n_features >= 1, base_resolution >= 2")
         self.in_dim, self.bound, self.include_input = in_dim, bound, include_input
         self.n_levels, self.n_features = n_levels, n_features
-        growth = (
+        self.per_level_scale = (
             math.exp((math.log(max_resolution) - math.log(base_resolution)) / (n_levels - 1))
             if n_levels > 1
             else 1.0
         )
         table = 2**log2_table_size
-        res, sizes, dense = [], [], []
+        scales, res, sizes, dense = [], [], [], []
         for lvl in range(n_levels):
-            r = math.floor(base_resolution * growth**lvl)
-            n_dense = (r + 1) ** 3
+            # tiny-cuda-nn: scale = 2^(l·log2 s)·N_min − 1, resolution = ⌈scale⌉ + 1.
+            scale = 2.0 ** (lvl * math.log2(self.per_level_scale)) * base_resolution - 1.0
+            r = math.ceil(scale) + 1
+            n_dense = r**3
+            size = min(table, n_dense)
+            size = (size + 7) // 8 * 8  # tiny-cuda-nn rounds every table up to 8 entries
+            scales.append(scale)
             res.append(r)
-            sizes.append(min(table, n_dense))
-            dense.append(n_dense <= table)
+            sizes.append(size)
+            dense.append(n_dense <= size)
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + s)
-        self.register_buffer("res", torch.tensor(res, dtype=torch.float32), persistent=False)
+        f32 = torch.float32
+        self.register_buffer("scale", torch.tensor(scales, dtype=f32), persistent=False)
+        self.register_buffer("res", torch.tensor(res), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1]), persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES), persistent=False)
-        self.register_buffer("corners", _CORNERS.clone(), persistent=False)
-        self.embeddings = nn.Parameter(torch.empty(offsets[-1], n_features).uniform_(-1e-4, 1e-4))
         self.out_dim = n_levels * n_features + (in_dim if include_input else 0)
+        self.config = {
+            "otype": "HashGrid",
+            "n_levels": n_levels,
+            "n_features_per_level": n_features,
+            "log2_hashmap_size": log2_table_size,
+            "base_resolution": base_resolution,
+            "per_level_scale": self.per_level_scale,
+        }
+        self.backend = "tcnn" if backend == "tcnn" and tcnn_available() else "torch"
+        if backend == "tcnn" and self.backend == "torch":
+            log.warning(
+                "encoder.backend=tcnn: tiny-cuda-nn needs CUDA and the tinycudann package "
+                "(see README, 'Fast encoders'); using the PyTorch hash grid"
+            )
+        self.tcnn: nn.Module | None = None
+        if self.backend == "tcnn":
+            import tinycudann as tcnn  # CUDA-only; reached only when it can run
+
+            self.tcnn = tcnn.Encoding(3, self.config, dtype=torch.float32)
+        else:
+            self.embeddings = nn.Parameter(
+                torch.empty(offsets[-1], n_features).uniform_(-1e-4, 1e-4)
+            )
+
+    def _encode_torch(self, u: Tensor) -> Tensor:
+        """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops.
+
+        Corner indices and trilinear weights are built per axis, (L, N, 2) each, and combined
+        by broadcasting into (L, N, 2, 2, 2): no (L, N, 8, 3) intermediates, which dominated
+        memory traffic (and time on CPUs).
+        """
+        L, N = self.n_levels, u.shape[0]
+        pos = u[None] * self.scale[:, None, None] + 0.5  # (L, N, 3)
+        base = pos.floor()
+        frac = pos - base
+        ib = base.long()
+        one = torch.tensor([0, 1], device=u.device)
+        corner = ib[..., None] + one  # (L, N, 3, 2): per axis, the two grid lines
+        w = torch.stack([1 - frac, frac], -1)  # (L, N, 3, 2)
+        cx, cy, cz = corner.unbind(2)  # (L, N, 2) each
+        r = self.res[:, None, None]
+        dense_idx = cx[..., :, None, None] + (cy * r)[..., None, :, None]
+        dense_idx = dense_idx + (cz * r * r)[..., None, None, :]  # (L, N, 2, 2, 2)
+        m = 0xFFFFFFFF  # tiny-cuda-nn hashes in uint32 arithmetic
+        hx, hy, hz = cx * self.primes[0] & m, cy * self.primes[1] & m, cz * self.primes[2] & m
+        hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
+        flat = torch.where(self.dense[:, None, None, None, None], dense_idx, hashed)
+        flat = flat % self.sizes.view(L, 1, 1, 1, 1) + self.offsets.view(L, 1, 1, 1, 1)
+        wx, wy, wz = w.unbind(2)
+        wc = wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
+        feats = self.embeddings.index_select(0, flat.reshape(-1)).view(L, N, 8, -1)
+        out = torch.einsum("lnc,lncf->nlf", wc.reshape(L, N, 8), feats)
+        return out.reshape(N, -1)
 
     def forward(self, x: Tensor) -> Tensor:
         u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
-        pos = u[None] * self.res[:, None, None]  # (L, N, 3)
-        base = pos.floor().long().clamp_max(self.res.long()[:, None, None] - 1)
-        frac = pos - base  # (L, N, 3)
-        idx = base[:, :, None, :] + self.corners  # (L, N, 8, 3)
-        # Dense index for coarse levels, XOR hash for fine ones.
-        stride = (self.res.long() + 1)[:, None, None]
-        dense_idx = idx[..., 0] + idx[..., 1] * stride + idx[..., 2] * stride * stride
-        hashed = (idx[..., 0] * self.primes[0]) ^ (idx[..., 1] * self.primes[1])
-        hashed = hashed ^ (idx[..., 2] * self.primes[2])
-        flat = torch.where(self.dense[:, None, None], dense_idx, hashed)
-        flat = flat % self.sizes[:, None, None] + self.offsets[:, None, None]
-        feats = self.embeddings[flat]  # (L, N, 8, F)
-        w = torch.where(self.corners.bool(), frac[:, :, None, :], 1 - frac[:, :, None, :])
-        out = (feats * w.prod(-1, keepdim=True)).sum(2)  # (L, N, F)
-        out = out.permute(1, 0, 2).reshape(x.shape[0], -1)
+        if self.tcnn is not None:
+            if not u.is_cuda:
+                raise ConfigError("encoder.backend=tcnn runs on CUDA only (trainer.device=cpu?)")
+            out = self.tcnn(u).float()
+        else:
+            out = self._encode_torch(u)
         return torch.cat([x, out], dim=-1) if self.include_input else out

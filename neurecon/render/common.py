@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.data.cameras import sphere_near_far
+from neurecon.render.occupancy import OccupancyGrid
 
 
 @dataclass
@@ -123,16 +124,37 @@ class SphereRenderer(nn.Module):
     """
 
     perturb = False  # subclasses jitter samples in training when configured
+    grid_jitter = True  # refresh the occupancy grid at random points of the cells
     field_kind = ""  # the ``kind`` a field must declare
     name = ""  # this renderer's config option; fields of the same option name match it
 
-    def __init__(self, background: Sequence[float] | None = None, n_outside: int = 32) -> None:
+    def __init__(
+        self,
+        background: Sequence[float] | None = None,
+        n_outside: int = 32,
+        grid: OccupancyGrid | None = None,
+    ) -> None:
         super().__init__()
         self.background = None if background is None else torch.tensor(list(background)).float()
         self.n_outside = n_outside
+        self.grid = grid
 
     def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         raise NotImplementedError
+
+    def occupancy(self, field: nn.Module, x: Tensor) -> Tensor:
+        """(N, 3) → (N,) the largest opacity a marching step near ``x`` can have (grid refresh)."""
+        raise NotImplementedError
+
+    def update_step(self, step: int, field: nn.Module | None = None) -> None:
+        """Schedule hook called by the trainer before every step: refreshes the grid when due."""
+        if self.grid is not None and field is not None:
+            self.grid.update(step, lambda x: self.occupancy(field, x), self.grid_jitter)
+
+    def ensure_grid(self, field: nn.Module) -> None:
+        """Refresh a grid that has never seen the field (e.g. one loaded without grid state)."""
+        if self.grid is not None and not bool(self.grid.occs.any()):
+            self.grid.update(0, lambda x: self.occupancy(field, x), self.grid_jitter)
 
     def forward(
         self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor

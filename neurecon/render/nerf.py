@@ -15,6 +15,7 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
+from neurecon.render.occupancy import OccupancyGrid, accumulate, packed_weights
 
 
 class NeRFRenderer(SphereRenderer):
@@ -26,6 +27,8 @@ class NeRFRenderer(SphereRenderer):
         perturb: jitter during training.
         background: RGB list, or null to use the scene's background colour.
         n_outside: samples per ray for the field's background network, when it has one.
+        grid: an :class:`OccupancyGrid` — samples only in occupied cells, at its fixed step
+            (``n_samples`` / ``n_importance`` then unused); None: dense two-pass sampling.
     """
 
     field_kind = "density"
@@ -38,8 +41,9 @@ class NeRFRenderer(SphereRenderer):
         perturb: bool = True,
         background: Sequence[float] | None = None,
         n_outside: int = 32,
+        grid: OccupancyGrid | None = None,
     ) -> None:
-        super().__init__(background, n_outside)
+        super().__init__(background, n_outside, grid)
         if n_samples < 2 or n_importance < 0:
             raise ConfigError("renderer: need n_samples >= 2 and n_importance >= 0")
         self.n_samples, self.n_importance, self.perturb = n_samples, n_importance, perturb
@@ -57,7 +61,29 @@ class NeRFRenderer(SphereRenderer):
         weights = render_weights_from_alpha(1 - torch.exp(-out.density.reshape(B, S) * delta))
         return weights, mid, out
 
+    @torch.no_grad()
+    def occupancy(self, field: nn.Module, x: Tensor) -> Tensor:
+        """Opacity of one marching step at ``x``: ``1 − exp(−σ · step)``."""
+        return 1.0 - torch.exp(-field.density(x) * self.grid.step_size)
+
+    def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
+        """Samples in occupied cells only, composited per ray (packed layout)."""
+        B = o.shape[0]
+        ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
+        mid = 0.5 * (t0 + t1)
+        dirs = d[ray]
+        out = field(o[ray] + dirs * mid[:, None], dirs)
+        w = packed_weights(1.0 - torch.exp(-out.density * (t1 - t0)), ray, B)
+        return RenderOutput(
+            color=accumulate(w[:, None] * out.color, ray, B),
+            opacity=accumulate(w, ray, B),
+            depth=accumulate(w * mid, ray, B),
+            num_samples=int(ray.numel()),
+        )
+
     def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
+        if self.grid is not None:
+            return self._render_packed(field, o, d, near, far)
         # Intervals [t_i, t_{i+1}] represented by their midpoints, so importance samples land in
         # the interval that straddles the surface rather than behind it.
         edges = stratified(near, far, self.n_samples + 1, self.perturb and self.training)

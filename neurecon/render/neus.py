@@ -20,6 +20,7 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
+from neurecon.render.occupancy import OccupancyGrid, accumulate, packed_weights
 
 
 def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Tensor:
@@ -39,10 +40,15 @@ class NeuSRenderer(SphereRenderer):
         anneal_end: steps over which the cos-anneal ratio goes 0 → 1 (0: no annealing).
         background: RGB list, or null to use the scene's background colour.
         n_outside: samples per ray for the field's background network, when it has one.
+        grid: an :class:`OccupancyGrid` — samples only in occupied cells, at its fixed step
+            (``n_samples`` / ``n_importance`` then unused); None: dense hierarchical sampling.
+        n_eikonal: with a grid, extra random points in the unit ball per step for the eikonal
+            term, so the SDF stays a distance away from the surface (where no sample lands).
     """
 
     field_kind = "sdf"
     name = "neus"
+    grid_jitter = False  # cell centres + the distance bound below cover whole cells
 
     def __init__(
         self,
@@ -53,8 +59,11 @@ class NeuSRenderer(SphereRenderer):
         anneal_end: int = 0,
         background: Sequence[float] | None = None,
         n_outside: int = 32,
+        grid: OccupancyGrid | None = None,
+        n_eikonal: int = 1024,
     ) -> None:
-        super().__init__(background, n_outside)
+        super().__init__(background, n_outside, grid)
+        self.n_eikonal = int(n_eikonal)
         if n_samples < 2 or n_importance < 0 or up_sample_steps < 0:
             raise ConfigError("renderer: need n_samples >= 2, n_importance >= 0")
         if n_importance and (up_sample_steps == 0 or n_importance % up_sample_steps):
@@ -63,9 +72,68 @@ class NeuSRenderer(SphereRenderer):
         self.perturb, self.anneal_end = perturb, anneal_end
         self.cos_anneal_ratio = 1.0 if anneal_end == 0 else 0.0
 
-    def update_step(self, step: int) -> None:
-        """Schedule hook called by the trainer every step."""
+    def update_step(self, step: int, field: nn.Module | None = None) -> None:
+        """Schedule hook called by the trainer every step (cos-anneal ratio, grid refresh)."""
         self.cos_anneal_ratio = 1.0 if self.anneal_end == 0 else min(1.0, step / self.anneal_end)
+        super().update_step(step, field)
+
+    @torch.no_grad()
+    def occupancy(self, field: nn.Module, x: Tensor) -> Tensor:
+        """Opacity of a step entering the surface head-on at the closest SDF value the cell
+        around the centre ``x`` can hold, ``max(|f(x)| − r_cell, 0)`` (exact for an SDF with
+        ``|∇f| ≤ 1``, which the eikonal term keeps): large near the surface, tiny once
+        ``inv_s · |f|`` is."""
+        inv_s = float(field.inv_s().clamp(1e-6, 1e6))
+        a = (field.sdf(x).abs() - self.grid.cell_radius).clamp_min(0.0)
+        half = 0.5 * self.grid.step_size
+        return _neus_alpha(a + half, a - half, inv_s)
+
+    def _alpha(self, field: nn.Module, out, d: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
+        """Unbiased NeuS alpha of samples with SDF ``out.sdf`` and gradient ``out.gradient``
+        over intervals ``dists``, seen along ``d`` (any matching shapes ``(..., )``/``(..., 3)``).
+
+        The cos-anneal trick: early on, let the surface be "seen" even where the SDF slope
+        along the ray is small, to avoid bad local minima.
+        """
+        inv_s = field.inv_s().clamp(1e-6, 1e6)
+        true_cos = (d * out.gradient).sum(-1)
+        r = self.cos_anneal_ratio
+        iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1 - r) + torch.relu(-true_cos) * r)
+        half = iter_cos * dists * 0.5
+        return _neus_alpha(out.sdf - half, out.sdf + half, inv_s), inv_s
+
+    def _eikonal_points(self, field: nn.Module, like: Tensor) -> Tensor:
+        """Squared eikonal residuals (M,) at ``n_eikonal`` random points in the unit ball."""
+        n = self.n_eikonal
+        x = torch.randn(n, 3, device=like.device)
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * torch.rand(n, 1, device=x.device)
+        out = field(x, torch.zeros_like(x), create_graph=True)
+        return (out.gradient.norm(dim=-1) - 1.0) ** 2
+
+    def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
+        """Samples in occupied cells only, composited per ray (packed layout)."""
+        B = o.shape[0]
+        ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
+        mid, dists = 0.5 * (t0 + t1), t1 - t0
+        dirs = d[ray]
+        pts = o[ray] + dirs * mid[:, None]
+        train = torch.is_grad_enabled()
+        out = field(pts, dirs, create_graph=train)
+        alpha, inv_s = self._alpha(field, out, dirs, dists)
+        w = packed_weights(alpha.reshape(-1), ray, B)
+        normal = torch.nn.functional.normalize(out.gradient, dim=-1)
+        eik = (out.gradient.norm(dim=-1) - 1.0) ** 2
+        if train and self.n_eikonal > 0:
+            eik = torch.cat([eik, self._eikonal_points(field, pts)])
+        return RenderOutput(
+            color=accumulate(w[:, None] * out.color, ray, B),
+            opacity=accumulate(w, ray, B),
+            depth=accumulate(w * mid, ray, B),
+            normal=accumulate(w[:, None] * normal, ray, B),
+            eikonal=eik.mean() if eik.numel() else None,
+            num_samples=int(ray.numel()),
+            extras={"inv_s": inv_s.detach()},
+        )
 
     @torch.no_grad()
     def _up_sample(self, o: Tensor, d: Tensor, z: Tensor, sdf: Tensor, n: int, inv_s: float):
@@ -83,6 +151,8 @@ class NeuSRenderer(SphereRenderer):
         return sample_pdf(z, render_weights_from_alpha(alpha), n, det=True)
 
     def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
+        if self.grid is not None:
+            return self._render_packed(field, o, d, near, far)
         z = stratified(near, far, self.n_samples, self.perturb and self.training)
         if self.n_importance:
             with torch.no_grad():
@@ -104,16 +174,9 @@ class NeuSRenderer(SphereRenderer):
         pts = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)
         dirs = d[:, None].expand(B, S, 3).reshape(-1, 3)
         out = field(pts, dirs, create_graph=torch.is_grad_enabled())
-        sdf, grad = out.sdf.reshape(B, S), out.gradient.reshape(B, S, 3)
-        inv_s = field.inv_s().clamp(1e-6, 1e6)
-
-        # Unbiased alpha with the cos-anneal trick: early on, let the surface be "seen" even
-        # where the SDF slope along the ray is small, to avoid bad local minima.
-        true_cos = (d[:, None] * grad).sum(-1)
-        r = self.cos_anneal_ratio
-        iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1 - r) + torch.relu(-true_cos) * r)
-        alpha = _neus_alpha(sdf - iter_cos * dists * 0.5, sdf + iter_cos * dists * 0.5, inv_s)
-        weights = render_weights_from_alpha(alpha)
+        alpha, inv_s = self._alpha(field, out, dirs, dists.reshape(-1))
+        weights = render_weights_from_alpha(alpha.reshape(B, S))
+        grad = out.gradient.reshape(B, S, 3)
 
         color = (weights[..., None] * out.color.reshape(B, S, 3)).sum(1)
         normal = torch.nn.functional.normalize(grad, dim=-1)

@@ -56,7 +56,11 @@ class Trainer:
     """Random-ray training, chunked validation, checkpoints, mesh and final metrics.
 
     Args:
-        max_steps: optimisation steps.  batch_rays: rays per step.
+        max_steps: optimisation steps.
+        batch_rays: rays per step (the first step's when ``samples_per_step`` is set).
+        samples_per_step: dynamic batch — rays per step adapt to keep the number of field
+            samples near this (as instant-nsr-pl does; sample counts vary with the occupancy
+            grid and the shape); null: always ``batch_rays``.  max_batch_rays: its upper bound.
         val_every / val_views: validate on the first ``val_views`` test views every n steps.
         chunk: rays per chunk when rendering full images (bounds peak memory).
         ckpt_every / keep_ckpts: periodic checkpoints in ``checkpoints/``; 0 disables.
@@ -86,6 +90,8 @@ class Trainer:
         self,
         max_steps: int = 2000,
         batch_rays: int = 512,
+        samples_per_step: int | None = None,
+        max_batch_rays: int = 8192,
         val_every: int = 1000,
         val_views: int = 1,
         chunk: int = 2048,
@@ -116,6 +122,11 @@ class Trainer:
         if mesh_resolution and mesh_resolution < 8:
             raise ConfigError(f"trainer.mesh_resolution must be 0 or >= 8, got {mesh_resolution}")
         self.max_steps, self.batch_rays, self.chunk = int(max_steps), int(batch_rays), int(chunk)
+        if samples_per_step is not None and (samples_per_step < 1 or max_batch_rays < 1):
+            raise ConfigError("trainer.samples_per_step and trainer.max_batch_rays must be >= 1")
+        self.samples_per_step = None if samples_per_step is None else int(samples_per_step)
+        self.max_batch_rays = max(int(max_batch_rays), 1)
+        self.rays = self.batch_rays  # this step's rays (changes with the dynamic batch)
         self.val_every, self.val_views = val_every, val_views
         self.ckpt_every, self.keep_ckpts, self.log_every = ckpt_every, keep_ckpts, log_every
         self.mesh_resolution, self.chamfer_points = mesh_resolution, chamfer_points
@@ -163,6 +174,14 @@ class Trainer:
         total = sum(self.w[k] * v for k, v in terms.items())
         return total, terms
 
+    def _adapt_batch(self, samples: int) -> None:
+        """Dynamic batch: move the ray count a tenth of the way to the one that would have
+        given ``samples_per_step`` samples (smoothed: sample counts per ray are noisy)."""
+        if self.samples_per_step is None:
+            return
+        wanted = self.rays * self.samples_per_step / max(samples, 1)
+        self.rays = int(min(max(0.9 * self.rays + 0.1 * wanted, 16), self.max_batch_rays))
+
     def _fault(self, key: str, iteration: int) -> bool:
         start = self.faults.get("nan_loss_from")
         if key == "nan_loss_at" and start is not None and iteration >= int(start):
@@ -189,7 +208,9 @@ class Trainer:
                 )
         return ckpt
 
-    def _state(self, step: int, field: nn.Module, opt, sched, gen, elapsed: float) -> dict:
+    def _state(
+        self, step: int, field: nn.Module, opt, sched, gen, elapsed: float, renderer=None
+    ) -> dict:
         state = {
             "step": step,
             "field": field.state_dict(),
@@ -198,13 +219,21 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "rays": gen.get_state()},
             "guard": {"skipped": self.guard.skipped, "rollbacks": self.guard.rollbacks},
             "elapsed_s": elapsed,
+            "batch_rays": self.rays,
         }
+        if renderer is not None and len(renderer.state_dict()):  # e.g. the occupancy grid
+            state["renderer"] = renderer.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def _restore(self, state: dict, field: nn.Module, opt, sched, gen, rng: bool = True) -> int:
+    def _restore(
+        self, state: dict, field: nn.Module, opt, sched, gen, rng: bool = True, renderer=None
+    ) -> int:
         field.load_state_dict(state["field"])
+        if renderer is not None and "renderer" in state:
+            renderer.load_state_dict(state["renderer"])
+        self.rays = int(state.get("batch_rays", self.batch_rays))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if rng:
@@ -238,11 +267,12 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.seed)
         field.to(self.device)
         renderer.to(self.device)
+        self.rays = self.batch_rays
         opt, sched = optimizer.build(field, self.max_steps)
         step, elapsed = 0, 0.0
         if resume_from is not None:
             state = load_checkpoint(resume_from, self.device)
-            step = self._restore(state, field, opt, sched, gen)
+            step = self._restore(state, field, opt, sched, gen, renderer=renderer)
             elapsed = float(state.get("elapsed_s", 0.0))
             self.guard.skipped = int(state["guard"]["skipped"])
             self.guard.rollbacks = int(state["guard"]["rollbacks"])
@@ -277,6 +307,8 @@ class Trainer:
         t0 = time.time()
         field.to(self.device)
         renderer.to(self.device)
+        if hasattr(renderer, "ensure_grid"):  # a grid never refreshed would march every cell
+            renderer.ensure_grid(field)
         metrics.update(self._validate(scene, field, renderer, out / "test", None))
         metrics.update(self._mesh_metrics(scene, field, out))
         if "mesh_error" in metrics:  # finished, but the field has no usable surface
@@ -316,8 +348,8 @@ class Trainer:
             field.train()
             renderer.train()
             if hasattr(renderer, "update_step"):
-                renderer.update_step(step)
-            batch = scene.sample_rays(self.batch_rays, gen, self.device)
+                renderer.update_step(step, field)
+            batch = scene.sample_rays(self.rays, gen, self.device)
             with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
                 r = renderer(field, batch.origins, batch.dirs, bg)
             loss, terms = self._losses(r, batch.rgb, batch.mask if use_mask else None)
@@ -328,7 +360,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 cause = "loss"
-            else:
+            elif loss.requires_grad:  # False: no ray met an occupied cell; nothing to learn
                 scaler.scale(loss).backward()
                 if self._fault("nan_grad_at", iteration):
                     next(p for p in field.parameters() if p.grad is not None).grad.fill_(math.nan)
@@ -352,7 +384,9 @@ class Trainer:
             if cause is not None:
                 snap = self.guard.bad_step(step, cause)
                 if snap is not None:  # roll back model, optimizer and schedule; slow down
-                    step = self._restore(snap.state, field, opt, sched, gen, rng=False)
+                    step = self._restore(
+                        snap.state, field, opt, sched, gen, rng=False, renderer=renderer
+                    )
                     # Compounds over rollbacks, even when restoring the same snapshot again.
                     scale_lr(opt, sched, self.guard.lr_scale / snap.lr_scale)
                     bar.n = step
@@ -361,16 +395,19 @@ class Trainer:
             else:
                 elapsed = time.time() - t0
                 self.guard.good_step(
-                    step, lambda s=step, e=elapsed: self._state(s, field, opt, sched, gen, e)
+                    step,
+                    lambda s=step, e=elapsed: self._state(s, field, opt, sched, gen, e, renderer),
                 )
             samples += r.num_samples
+            self._adapt_batch(r.num_samples)
             bar.update(1)
             if step % self.log_every == 0 or step == self.max_steps:
                 self._log_step(bar, step, loss, r, batch, terms, opt, samples / (time.time() - t0))
             if self.val_every and step % self.val_every == 0 and step < self.max_steps:
                 self._validate(scene, field, renderer, out / "val", step)
             if (self.ckpt_every and step % self.ckpt_every == 0) or step == self.max_steps:
-                self._save(out, self._state(step, field, opt, sched, gen, time.time() - t0))
+                state = self._state(step, field, opt, sched, gen, time.time() - t0, renderer)
+                self._save(out, state)
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss}
             if callback is not None and callback(step, stats):
                 break
@@ -414,17 +451,20 @@ class Trainer:
         bg = scene.background.to(self.device)
 
         def render(chunk: int) -> dict[str, np.ndarray]:
-            parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("color", "opacity", "depth")}
-            parts["normal"] = []
+            # Written in place chunk by chunk: no list of parts and no concatenated copy.
+            img = {k: np.zeros((H * W, 3), np.float32) for k in ("color", "normal")}
+            img.update({k: np.zeros(H * W, np.float32) for k in ("opacity", "depth")})
+            start = 0
             for batch in scene.view_rays(view, chunk, self.device):
                 r = renderer(field, batch.origins, batch.dirs, bg)
-                parts["color"].append(r.color.float().cpu())
-                parts["opacity"].append(r.opacity.float().cpu())
-                parts["depth"].append(r.depth.float().cpu())
-                normal = r.normal if r.normal is not None else torch.zeros_like(r.color)
-                parts["normal"].append(normal.float().cpu())
-            shapes = {"color": (H, W, 3), "normal": (H, W, 3), "opacity": (H, W), "depth": (H, W)}
-            return {k: torch.cat(v).reshape(shapes[k]).numpy() for k, v in parts.items()}
+                sl = slice(start, start + len(batch))
+                img["color"][sl] = r.color.float().cpu().numpy()
+                img["opacity"][sl] = r.opacity.float().cpu().numpy()
+                img["depth"][sl] = r.depth.float().cpu().numpy()
+                if r.normal is not None:
+                    img["normal"][sl] = r.normal.float().cpu().numpy()
+                start += len(batch)
+            return {k: v.reshape(H, W, *v.shape[1:]) for k, v in img.items()}
 
         # On out-of-memory the chunk halves and the view is rendered again; keep the new size.
         img, self.chunk = retry_on_oom(render, self.chunk, f"rendering view {view}")

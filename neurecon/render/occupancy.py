@@ -1,0 +1,211 @@
+"""Empty-space skipping: an occupancy grid over the unit cube and packed ray marching.
+
+The grid stores, per cell, the largest opacity a marching step of length ``step_size`` could
+have there (an exponential moving maximum, refreshed from the field every ``update_every``
+training steps), and a binary mask of cells above ``threshold``. Rays are marched at a fixed
+step and only samples in occupied cells are kept, in the *packed* layout nerfacc uses:
+``ray_indices`` (N,), ``t_starts`` / ``t_ends`` (N,), sorted by ray then distance.
+
+Backends: ``torch`` (any device) and ``nerfacc`` (its CUDA grid traversal, CUDA tensors only).
+``auto`` picks nerfacc on CUDA when it is installed. nerfacc is imported only when a CUDA
+march actually runs — never on CPU, where its kernels raise ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from neurecon.errors import ConfigError
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "torch", "nerfacc")
+
+
+def nerfacc_available() -> bool:
+    """True when nerfacc can run here (installed *and* CUDA present). Does not import it."""
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("nerfacc") is not None
+
+
+class OccupancyGrid(nn.Module):
+    """Binary occupancy of ``[-1, 1]^3`` at ``resolution``³ cells for packed ray marching.
+
+    Args:
+        resolution: cells per axis.
+        n_steps: marching steps across the unit sphere's diameter (step size ``2 / n_steps``).
+        update_every: training steps between refreshes (the first step always refreshes).
+        threshold: occupied when the stored opacity exceeds ``min(threshold, mean)`` (nerfacc's
+            rule: a grid whose values are all small keeps its most opaque cells).
+        ema_decay: per refresh, ``value = max(decay * value, new)``: cells empty for a while
+            fade out instead of flickering.
+        warmup_steps: refresh every cell until then; afterwards the occupied cells plus a random
+            quarter of all cells (as nerfacc does), so refreshes stay cheap on big grids.
+        backend: ``auto`` | ``torch`` | ``nerfacc``.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 64,
+        n_steps: int = 512,
+        update_every: int = 16,
+        threshold: float = 1e-3,
+        ema_decay: float = 0.95,
+        warmup_steps: int = 256,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if resolution < 2 or n_steps < 2 or update_every < 1:
+            raise ConfigError("renderer.grid: need resolution, n_steps >= 2 and update_every >= 1")
+        if not 0.0 <= ema_decay <= 1.0 or not threshold > 0.0:
+            raise ConfigError("renderer.grid: need 0 <= ema_decay <= 1 and threshold > 0")
+        if backend not in BACKENDS:
+            raise ConfigError(f"renderer.grid.backend={backend!r}; choose from {list(BACKENDS)}")
+        self.resolution, self.n_steps = resolution, n_steps
+        self.step_size = 2.0 / n_steps
+        self.update_every, self.threshold = update_every, threshold
+        self.ema_decay, self.warmup_steps, self.backend = ema_decay, warmup_steps, backend
+        R = resolution
+        # No refresh yet: every cell is marched (binary), none has a value (occs).
+        self.register_buffer("occs", torch.zeros(R, R, R))
+        self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool))
+        self._estimator = None  # nerfacc.OccGridEstimator, built lazily on CUDA
+        self._warned = False
+
+    # ------------------------------------------------------------------ grid refresh
+    @property
+    def cell_radius(self) -> float:
+        """Half the diagonal of a cell: how far a point of a cell can be from its centre."""
+        return math.sqrt(3.0) / self.resolution
+
+    def cell_centres(self, idx: Tensor, jitter: bool) -> Tensor:
+        """(N,) flat cell indices → (N, 3) points in the cells (their centres or jittered)."""
+        R = self.resolution
+        ijk = torch.stack([idx // (R * R), (idx // R) % R, idx % R], -1).float()
+        off = torch.rand_like(ijk) if jitter else torch.full_like(ijk, 0.5)
+        return (ijk + off) / R * 2.0 - 1.0
+
+    @torch.no_grad()
+    def update(
+        self,
+        step: int,
+        occ_fn: Callable[[Tensor], Tensor],
+        jitter: bool = True,
+        chunk: int = 2**18,
+    ) -> bool:
+        """Refresh from ``occ_fn`` (N, 3) → (N,) opacity when ``step`` is due; True if refreshed.
+
+        ``jitter``: evaluate at a random point of each cell (density fields: over refreshes
+        the moving maximum sees the whole cell) or at its centre (SDF fields, whose
+        ``occ_fn`` already accounts for the cell's extent through the distance bound).
+        """
+        if step > 1 and step % self.update_every:
+            return False
+        n = self.resolution**3
+        dev = self.occs.device
+        if step < self.warmup_steps:
+            idx = torch.arange(n, device=dev)
+        else:
+            rand = torch.randint(0, n, (n // 4,), device=dev)
+            idx = torch.cat([rand, self.binary.flatten().nonzero()[:, 0]]).unique()
+        flat = self.occs.view(-1)
+        new = torch.cat([occ_fn(self.cell_centres(c, jitter)).float() for c in idx.split(chunk)])
+        new = torch.nan_to_num(new, nan=1.0)  # a NaN field must not hide space
+        flat[idx] = torch.maximum(flat[idx] * self.ema_decay, new)
+        thre = min(self.threshold, float(flat.mean()))
+        self.binary.copy_((self.occs > thre) if thre > 0 else torch.ones_like(self.binary))
+        return True
+
+    def occupied(self, x: Tensor) -> Tensor:
+        """(..., 3) points → (...) bool; points outside the cube are empty."""
+        R = self.resolution
+        ijk = ((x + 1.0) * 0.5 * R).floor().long()
+        inside = ((ijk >= 0) & (ijk < R)).all(-1)
+        ijk = ijk.clamp(0, R - 1)
+        return self.binary[ijk[..., 0], ijk[..., 1], ijk[..., 2]] & inside
+
+    # ------------------------------------------------------------------ marching
+    def _resolved_backend(self, device: torch.device) -> str:
+        if self.backend == "torch" or device.type != "cuda":
+            if self.backend == "nerfacc" and not self._warned:
+                log.warning("renderer.grid.backend=nerfacc needs CUDA; using the torch backend")
+                self._warned = True
+            return "torch"
+        if nerfacc_available():
+            return "nerfacc"
+        if self.backend == "nerfacc" and not self._warned:
+            log.warning(
+                "renderer.grid.backend=nerfacc but nerfacc is not installed "
+                "(pip install nerfacc); using the torch backend"
+            )
+            self._warned = True
+        return "torch"
+
+    @torch.no_grad()
+    def march(
+        self, o: Tensor, d: Tensor, near: Tensor, far: Tensor, perturb: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Samples of fixed length ``step_size`` in occupied cells between ``near`` and ``far``.
+
+        Shapes: o, d (B, 3); near, far (B,) → ray_indices (N,) long, t_starts, t_ends (N,).
+        ``perturb`` shifts each ray's sample grid by a random fraction of a step.
+        """
+        if self._resolved_backend(o.device) == "nerfacc":
+            return self._march_nerfacc(o, d, near, far, perturb)
+        dt = self.step_size
+        start = near + (torch.rand_like(near) if perturb else 0.5) * dt
+        K = max(1, math.ceil(float((far - start).max()) / dt)) if len(o) else 1
+        t = start[:, None] + dt * torch.arange(K, device=o.device, dtype=o.dtype)  # (B, K)
+        keep = t < far[:, None]
+        keep &= self.occupied(o[:, None] + d[:, None] * t[..., None])
+        ray, k = keep.nonzero(as_tuple=True)  # row-major: sorted by ray, then distance
+        tm = t[ray, k]
+        return ray, tm - 0.5 * dt, tm + 0.5 * dt
+
+    def _march_nerfacc(self, o, d, near, far, perturb):
+        if self._estimator is None:
+            import nerfacc  # CUDA-only path; never reached on CPU
+
+            self._estimator = nerfacc.OccGridEstimator(
+                roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=self.resolution, levels=1
+            ).to(o.device)
+        est = self._estimator
+        est.binaries = self.binary[None].contiguous()  # our refresh rule, nerfacc's traversal
+        ray, t0, t1 = est.sampling(
+            o.contiguous(),
+            d.contiguous(),
+            t_min=near.contiguous(),
+            t_max=far.contiguous(),
+            render_step_size=self.step_size,
+            stratified=perturb,
+            early_stop_eps=0.0,
+        )
+        return ray.long(), t0, t1
+
+
+def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
+    """Compositing weights ``α_i Π_{j<i} (1 − α_j)`` for packed samples (sorted by ray).
+
+    Shapes: alpha (N,), ray (N,) long → (N,). The exclusive product is a cumulative sum of
+    ``log(1 − α)`` minus its value at each ray's first sample, in float64 so that long packed
+    arrays (millions of samples) do not lose the small per-ray sums to cancellation.
+    """
+    if alpha.numel() == 0:
+        return alpha
+    log_t = torch.log1p(-alpha.double().clamp(max=1.0 - 1e-7))
+    excl = torch.cumsum(log_t, 0) - log_t
+    counts = torch.bincount(ray, minlength=n_rays)
+    first = torch.cumsum(counts, 0) - counts  # index of each ray's first sample
+    trans = torch.exp(excl - excl[first[ray]])
+    return alpha * trans.to(alpha.dtype)
+
+
+def accumulate(values: Tensor, ray: Tensor, n_rays: int) -> Tensor:
+    """Per-ray sums of packed ``values`` (N, C) or (N,) → (B, C) or (B,)."""
+    out = values.new_zeros((n_rays, *values.shape[1:]))
+    return out.index_add(0, ray, values)

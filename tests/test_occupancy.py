@@ -1,0 +1,209 @@
+"""Empty-space skipping: the occupancy-grid renderers against the dense ones, packed
+compositing against the dense formula, the dynamic batch, and CPU runs that never touch
+CUDA-only packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, compose_cfg
+from test_render import R
+
+from neurecon.build import build
+from neurecon.fields.nerf import DensityOutput
+from neurecon.fields.neus import SDFOutput
+from neurecon.metrics import psnr
+from neurecon.render import NeRFRenderer, NeuSRenderer, OccupancyGrid
+from neurecon.render.common import render_weights_from_alpha
+from neurecon.render.occupancy import accumulate, packed_weights
+
+CENTRE = torch.tensor([0.15, -0.1, 0.05])
+
+
+class OffCentreSphereSDF(torch.nn.Module):
+    """A converged NeuS field: exact SDF of an off-centre sphere, sharp variance, colour that
+    varies over the surface (so a shifted sample shows in the image)."""
+
+    kind = "sdf"
+
+    def sdf(self, x):
+        return (x - CENTRE).norm(dim=-1) - 0.45
+
+    def inv_s(self):
+        return torch.tensor(1500.0)
+
+    def forward(self, x, d, create_graph=True):
+        g = torch.nn.functional.normalize(x - CENTRE, dim=-1)
+        return SDFOutput(self.sdf(x), g, 0.5 + 0.4 * torch.sin(4 * x))
+
+
+def _camera_rays(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """An n×n pinhole view from (0, 0, -2.5) looking at the origin (some rays miss)."""
+    s = torch.linspace(-0.25, 0.25, n)
+    v, u = torch.meshgrid(s, s, indexing="ij")
+    d = torch.nn.functional.normalize(torch.stack([u, v, torch.ones_like(u)], -1), dim=-1)
+    d = d.reshape(-1, 3)
+    return torch.tensor([0.0, 0.0, -2.5]).expand_as(d).contiguous(), d
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_weights_equal_dense_compositing(seed):
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.rand(40, 16, generator=g, dtype=torch.float64) ** 3
+    keep = torch.rand(40, 16, generator=g) < 0.6
+    keep[3] = False  # a ray with no samples at all
+    dense = render_weights_from_alpha(alpha * keep)
+    ray, k = keep.nonzero(as_tuple=True)
+    w = packed_weights(alpha[ray, k], ray, 40)
+    assert torch.allclose(w, dense[ray, k], atol=1e-6)
+    assert torch.allclose(accumulate(w, ray, 40), dense.sum(-1), atol=1e-6)
+    assert accumulate(w, ray, 40)[3] == 0
+
+
+def test_grid_marks_the_surface_shell_only():
+    grid = OccupancyGrid(resolution=32, n_steps=512)
+    r = NeuSRenderer(grid=grid)
+    r.update_step(1, OffCentreSphereSDF())
+    x = grid.cell_centres(torch.arange(32**3), jitter=False)
+    dist = OffCentreSphereSDF().sdf(x).abs()
+    occ = grid.binary.flatten()
+    assert occ[dist < grid.cell_radius].all()  # every cell the surface passes through
+    assert not occ[dist > 3 * grid.cell_radius].any()  # neither deep inside nor far outside
+    assert 0.02 < occ.float().mean() < 0.2
+
+
+def test_neus_grid_renderer_matches_dense_on_converged_field():
+    field, bg = OffCentreSphereSDF(), torch.tensor([0.1, 0.2, 0.3])
+    o, d = _camera_rays()
+    dense = NeuSRenderer(n_samples=128, n_importance=128, up_sample_steps=4).eval()
+    grid = NeuSRenderer(grid=OccupancyGrid(resolution=64, n_steps=1024)).eval()
+    grid.ensure_grid(field)
+    a, b = dense(field, o, d, bg), grid(field, o, d, bg)
+    hit = (a.opacity > 0.99) & (b.opacity > 0.99)  # depth is ill-defined on the silhouette
+    assert 0.2 < hit.float().mean() < 0.9  # the view has both object and background
+    assert (a.opacity - b.opacity).abs().max() < 0.02
+    assert (a.color - b.color).abs().max() < 0.02
+    assert (a.depth[hit] - b.depth[hit]).abs().max() < 3e-3
+    assert torch.nn.functional.cosine_similarity(a.normal[hit], b.normal[hit]).min() > 0.999
+    assert b.num_samples < 0.25 * a.num_samples  # the point: far fewer field evaluations
+
+
+class SmoothSphereDensity(torch.nn.Module):
+    """A converged NeRF-like field: density rising smoothly (over ~0.01) to 1000 inside R."""
+
+    kind = "density"
+
+    def density(self, x):
+        return 1000.0 * torch.sigmoid((R - x.norm(dim=-1)) / 0.01)
+
+    def forward(self, x, d, create_graph=True):
+        return DensityOutput(self.density(x), torch.full_like(x, 0.25))
+
+
+def test_nerf_grid_renderer_matches_dense():
+    field = SmoothSphereDensity()
+    o, d = _camera_rays()
+    dense = NeRFRenderer(n_samples=256, n_importance=128).eval()
+    r = NeRFRenderer(grid=OccupancyGrid(resolution=64, n_steps=1024))
+    for step in range(1, 6):  # a few jittered refreshes, as in training
+        r.update_step(step * 16, field)
+    r.eval()
+    a, b = dense(field, o, d, torch.zeros(3)), r(field, o, d, torch.zeros(3))
+    # Cells below the threshold are skipped: grazing rays through the density's soft edge
+    # lose a little opacity (the nerfacc trade-off); elsewhere the renders agree.
+    diff = (a.opacity - b.opacity).abs()
+    assert diff.mean() < 5e-3 and diff.max() < 0.1
+    hit = (a.opacity > 0.99) & (b.opacity > 0.99)
+    assert hit.float().mean() > 0.2
+    assert (b.depth[hit] - a.depth[hit]).abs().max() < 1e-2
+    assert b.num_samples < 0.75 * a.num_samples
+
+
+@pytest.fixture(scope="module")
+def trained_sphere(tmp_path_factory):
+    """A NeuS field trained with the grid on the built-in sphere (TINY settings)."""
+    cfg = compose_cfg([*TINY, "dataset.shape=sphere", "trainer.max_steps=250"])
+    run = build(cfg)
+    run.trainer.fit(
+        run.scene, run.field, run.renderer, run.optimizer, tmp_path_factory.mktemp("sphere")
+    )
+    return run
+
+
+def test_grid_renderer_matches_dense_on_trained_field(trained_sphere):
+    run = trained_sphere
+    dense = NeuSRenderer(n_samples=64, n_importance=64, up_sample_steps=4)
+    view = int(run.scene.test_ids[0])
+    a = run.trainer.render_view(run.scene, run.field, dense, view)
+    b = run.trainer.render_view(run.scene, run.field, run.renderer, view)
+    assert psnr(np.clip(b["color"], 0, 1), np.clip(a["color"], 0, 1)) > 35.0
+    assert np.abs(a["opacity"] - b["opacity"]).mean() < 0.01
+    gt = run.scene.image(view)
+    assert psnr(np.clip(b["color"], 0, 1), gt) > 24.0  # and the field did learn the scene
+
+
+def test_dynamic_batch_tracks_the_sample_target(tmp_path):
+    cfg = compose_cfg(
+        [*TINY, "trainer.max_steps=80", "trainer.samples_per_step=8192", "trainer.batch_rays=32"]
+    )
+    run = build(cfg)
+    seen: list[tuple[int, int]] = []
+    run.trainer.fit(
+        run.scene,
+        run.field,
+        run.renderer,
+        run.optimizer,
+        tmp_path,
+        callback=lambda step, s: seen.append((s["rays"], s["samples"])) and False,
+    )
+    rays = [r for r, _ in seen]
+    late = np.mean([s for _, s in seen[-20:]])
+    assert rays[0] == 32 and len(set(rays)) > 10  # the batch follows the sample counts
+    assert 0.75 * 8192 < late < 1.25 * 8192
+
+
+def test_cpu_runs_never_import_cuda_only_packages(tmp_path):
+    """With nerfacc / tinycudann 'installed' but unusable, CPU runs warn and use torch code."""
+    fake = tmp_path / "site"
+    for name in ("nerfacc", "tinycudann"):
+        (fake / name).mkdir(parents=True)
+        (fake / name / "__init__.py").write_text(
+            f"raise RuntimeError('{name} was imported on a CPU run')\n"
+        )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from conftest import TINY, compose_cfg
+        from neurecon.build import build
+        cfg = compose_cfg([*TINY, "trainer.max_steps=3", "trainer.mesh_resolution=0",
+                           "renderer.grid.backend=nerfacc", "encoder=hashgrid",
+                           "encoder.backend=tcnn", "metrics.lpips_net=null"])
+        run = build(cfg)
+        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, {str(tmp_path)!r})
+        bad = [m for m in ("nerfacc", "tinycudann") if m in sys.modules]
+        print("imported:", bad)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "imported: []" in p.stdout
+    assert p.stderr.count("renderer.grid.backend=nerfacc needs CUDA") == 1
+    assert p.stderr.count("encoder.backend=tcnn") == 1
+
+
+def test_grid_state_round_trips_through_the_renderer_state_dict():
+    r = NeuSRenderer(grid=OccupancyGrid(resolution=16))
+    r.update_step(1, OffCentreSphereSDF())
+    r2 = NeuSRenderer(grid=OccupancyGrid(resolution=16))
+    r2.load_state_dict(r.state_dict())
+    assert torch.equal(r2.grid.binary, r.grid.binary)
