@@ -158,14 +158,39 @@ class OccupancyGrid(nn.Module):
         if self._resolved_backend(o.device) == "nerfacc":
             return self._march_nerfacc(o, d, near, far, perturb)
         dt = self.step_size
+        near, far = self._clip_to_occupied_box(o, d, near, far)
         start = near + (torch.rand_like(near) if perturb else 0.5) * dt
-        K = max(1, math.ceil(float((far - start).max()) / dt)) if len(o) else 1
+        span = (far - start).max() if len(o) else torch.zeros(())
+        K = max(1, math.ceil(float(span) / dt))
         t = start[:, None] + dt * torch.arange(K, device=o.device, dtype=o.dtype)  # (B, K)
         keep = t < far[:, None]
         keep &= self.occupied(o[:, None] + d[:, None] * t[..., None])
         ray, k = keep.nonzero(as_tuple=True)  # row-major: sorted by ray, then distance
         tm = t[ray, k]
         return ray, tm - 0.5 * dt, tm + 0.5 * dt
+
+    def _clip_to_occupied_box(
+        self, o: Tensor, d: Tensor, near: Tensor, far: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Shrink [near, far] to the box around all occupied cells (slab test): rays that miss
+        it get an empty interval, and the march tensor spans the object, not the sphere."""
+        R = self.resolution
+        axes = [
+            self.binary.any(dim=(1, 2)),
+            self.binary.any(dim=(0, 2)),
+            self.binary.any(dim=(0, 1)),
+        ]
+        if not bool(axes[0].any()):
+            return near, near  # nothing occupied: no samples
+        idx = torch.arange(R, device=o.device)
+        lo = torch.stack([idx[a].min() for a in axes]).to(o.dtype) / R * 2 - 1
+        hi = (torch.stack([idx[a].max() for a in axes]).to(o.dtype) + 1) / R * 2 - 1
+        safe = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+        t1, t2 = (lo - o) / safe, (hi - o) / safe
+        t_in = torch.minimum(t1, t2).amax(-1)
+        t_out = torch.maximum(t1, t2).amin(-1)
+        near2, far2 = torch.maximum(near, t_in), torch.minimum(far, t_out)
+        return near2, torch.maximum(far2, near2)  # empty interval where the ray misses the box
 
     def _march_nerfacc(self, o, d, near, far, perturb):
         if self._estimator is None:
