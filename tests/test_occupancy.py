@@ -92,6 +92,10 @@ def test_neus_grid_renderer_matches_dense_on_converged_field():
     assert (a.depth[hit] - b.depth[hit]).abs().max() < 3e-3
     assert torch.nn.functional.cosine_similarity(a.normal[hit], b.normal[hit]).min() > 0.999
     assert b.num_samples < 0.25 * a.num_samples  # the point: far fewer field evaluations
+    with torch.no_grad():  # validation: samples behind the surface are not evaluated in full
+        c = grid(field, o, d, bg)
+    assert (c.color - b.color).abs().max() < 1e-3 and (c.opacity - b.opacity).abs().max() < 1e-3
+    assert c.num_samples < 0.7 * b.num_samples
 
 
 class SmoothSphereDensity(torch.nn.Module):
@@ -123,6 +127,10 @@ def test_nerf_grid_renderer_matches_dense():
     assert hit.float().mean() > 0.2
     assert (b.depth[hit] - a.depth[hit]).abs().max() < 1e-2
     assert b.num_samples < 0.75 * a.num_samples
+    with torch.no_grad():
+        c = r(field, o, d, torch.zeros(3))
+    assert (c.opacity - b.opacity).abs().max() < 1e-3
+    assert c.num_samples < 0.5 * b.num_samples  # the interior is never evaluated in full
 
 
 @pytest.fixture(scope="module")

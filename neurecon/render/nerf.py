@@ -15,7 +15,12 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import OccupancyGrid, accumulate, packed_weights
+from neurecon.render.occupancy import (
+    OccupancyGrid,
+    accumulate,
+    packed_transmittance,
+    packed_weights,
+)
 
 
 class NeRFRenderer(SphereRenderer):
@@ -71,6 +76,12 @@ class NeRFRenderer(SphereRenderer):
         B = o.shape[0]
         ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
         mid = 0.5 * (t0 + t1)
+        if not torch.is_grad_enabled() and self.grid.early_stop_eps > 0:
+            # Without gradients: one density pass, then colour only where still visible.
+            sigma = field.density(o[ray] + d[ray] * mid[:, None])
+            trans = packed_transmittance(1.0 - torch.exp(-sigma * (t1 - t0)), ray, B)
+            keep = trans > self.grid.early_stop_eps
+            ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
         dirs = d[ray]
         out = field(o[ray] + dirs * mid[:, None], dirs)
         w = packed_weights(1.0 - torch.exp(-out.density * (t1 - t0)), ray, B)

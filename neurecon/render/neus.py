@@ -20,7 +20,12 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import OccupancyGrid, accumulate, packed_weights
+from neurecon.render.occupancy import (
+    OccupancyGrid,
+    accumulate,
+    packed_transmittance,
+    packed_weights,
+)
 
 
 def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Tensor:
@@ -110,14 +115,34 @@ class NeuSRenderer(SphereRenderer):
         out = field(x, torch.zeros_like(x), create_graph=True)
         return (out.gradient.norm(dim=-1) - 1.0) ** 2
 
+    @torch.no_grad()
+    def _visible(self, field: nn.Module, o: Tensor, d: Tensor, ray: Tensor, t: Tensor, B: int):
+        """(N,) bool: packed samples still visible, transmittance > ``early_stop_eps``.
+
+        Rendering without gradients only: one SDF pass (no gradient, no colour) gives NeuS's
+        discrete opacity between consecutive samples of a ray; samples behind the surface are
+        then never evaluated in full. What is dropped weighs < eps in total per ray.
+        """
+        sdf = field.sdf(o[ray] + d[ray] * t[:, None])
+        inv_s = float(field.inv_s().clamp(1e-6, 1e6))
+        same = torch.zeros_like(ray, dtype=torch.bool)
+        same[:-1] = ray[1:] == ray[:-1]  # the next sample belongs to the same ray
+        nxt = torch.roll(sdf, -1)
+        alpha = torch.where(same, _neus_alpha(sdf, nxt, inv_s), torch.zeros_like(sdf))
+        return packed_transmittance(alpha, ray, B) > self.grid.early_stop_eps
+
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         """Samples in occupied cells only, composited per ray (packed layout)."""
         B = o.shape[0]
         ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
-        mid, dists = 0.5 * (t0 + t1), t1 - t0
+        mid = 0.5 * (t0 + t1)
+        train = torch.is_grad_enabled()
+        if not train and self.grid.early_stop_eps > 0:
+            keep = self._visible(field, o, d, ray, mid, B)
+            ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
+        dists = t1 - t0
         dirs = d[ray]
         pts = o[ray] + dirs * mid[:, None]
-        train = torch.is_grad_enabled()
         out = field(pts, dirs, create_graph=train)
         alpha, inv_s = self._alpha(field, out, dirs, dists)
         w = packed_weights(alpha.reshape(-1), ray, B)

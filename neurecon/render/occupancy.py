@@ -46,6 +46,8 @@ class OccupancyGrid(nn.Module):
             fade out instead of flickering.
         warmup_steps: refresh every cell until then; afterwards the occupied cells plus a random
             quarter of all cells (as nerfacc does), so refreshes stay cheap on big grids.
+        early_stop_eps: when rendering without gradients (validation, test), renderers that
+            can skip samples whose transmittance fell below this do so (0: off).
         backend: ``auto`` | ``torch`` | ``nerfacc``.
     """
 
@@ -57,6 +59,7 @@ class OccupancyGrid(nn.Module):
         threshold: float = 1e-3,
         ema_decay: float = 0.95,
         warmup_steps: int = 256,
+        early_stop_eps: float = 1e-4,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -70,6 +73,7 @@ class OccupancyGrid(nn.Module):
         self.step_size = 2.0 / n_steps
         self.update_every, self.threshold = update_every, threshold
         self.ema_decay, self.warmup_steps, self.backend = ema_decay, warmup_steps, backend
+        self.early_stop_eps = float(early_stop_eps)
         R = resolution
         # No refresh yet: every cell is marched (binary), none has a value (occs).
         self.register_buffer("occs", torch.zeros(R, R, R))
@@ -213,12 +217,12 @@ class OccupancyGrid(nn.Module):
         return ray.long(), t0, t1
 
 
-def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
-    """Compositing weights ``α_i Π_{j<i} (1 − α_j)`` for packed samples (sorted by ray).
+def packed_transmittance(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
+    """Exclusive transmittance ``Π_{j<i} (1 − α_j)`` of packed samples (sorted by ray).
 
-    Shapes: alpha (N,), ray (N,) long → (N,). The exclusive product is a cumulative sum of
-    ``log(1 − α)`` minus its value at each ray's first sample, in float64 so that long packed
-    arrays (millions of samples) do not lose the small per-ray sums to cancellation.
+    Shapes: alpha (N,), ray (N,) long → (N,). A cumulative sum of ``log(1 − α)`` minus its
+    value at each ray's first sample, in float64 so that long packed arrays (millions of
+    samples) do not lose the small per-ray sums to cancellation.
     """
     if alpha.numel() == 0:
         return alpha
@@ -226,11 +230,17 @@ def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
     excl = torch.cumsum(log_t, 0) - log_t
     counts = torch.bincount(ray, minlength=n_rays)
     first = torch.cumsum(counts, 0) - counts  # index of each ray's first sample
-    trans = torch.exp(excl - excl[first[ray]])
-    return alpha * trans.to(alpha.dtype)
+    return torch.exp(excl - excl[first[ray]]).to(alpha.dtype)
+
+
+def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
+    """Compositing weights ``α_i Π_{j<i} (1 − α_j)`` for packed samples (sorted by ray)."""
+    return alpha * packed_transmittance(alpha, ray, n_rays)
 
 
 def accumulate(values: Tensor, ray: Tensor, n_rays: int) -> Tensor:
-    """Per-ray sums of packed ``values`` (N, C) or (N,) → (B, C) or (B,)."""
-    out = values.new_zeros((n_rays, *values.shape[1:]))
-    return out.index_add(0, ray, values)
+    """Per-ray sums of packed ``values`` (N, C) or (N,) → (B, C) or (B,), in float32 (under
+    autocast the field's outputs may be half precision; sums of many samples should not be)."""
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    out = values.new_zeros((n_rays, *values.shape[1:]), dtype=dtype)
+    return out.index_add(0, ray, values.to(dtype))
