@@ -18,6 +18,7 @@ from neurecon.render.common import (
 from neurecon.render.occupancy import (
     OccupancyGrid,
     accumulate,
+    eval_chunked,
     packed_transmittance,
     packed_weights,
 )
@@ -78,12 +79,17 @@ class NeRFRenderer(SphereRenderer):
         mid = 0.5 * (t0 + t1)
         if not torch.is_grad_enabled() and self.grid.early_stop_eps > 0:
             # Without gradients: one density pass, then colour only where still visible.
-            sigma = field.density(o[ray] + d[ray] * mid[:, None])
+            x = o[ray] + d[ray] * mid[:, None]
+            sigma = eval_chunked(field.density, x, chunk=self.grid.eval_chunk)
             trans = packed_transmittance(1.0 - torch.exp(-sigma * (t1 - t0)), ray, B)
             keep = trans > self.grid.early_stop_eps
             ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
         dirs = d[ray]
-        out = field(o[ray] + dirs * mid[:, None], dirs)
+        pts = o[ray] + dirs * mid[:, None]
+        if torch.is_grad_enabled():
+            out = field(pts, dirs)
+        else:
+            out = eval_chunked(field, pts, dirs, chunk=self.grid.eval_chunk)
         w = packed_weights(1.0 - torch.exp(-out.density * (t1 - t0)), ray, B)
         return RenderOutput(
             color=accumulate(w[:, None] * out.color, ray, B),

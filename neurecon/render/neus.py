@@ -7,6 +7,7 @@ evaluate the field with gradients and composite.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,7 @@ from neurecon.render.common import (
 from neurecon.render.occupancy import (
     OccupancyGrid,
     accumulate,
+    eval_chunked,
     packed_transmittance,
     packed_weights,
 )
@@ -123,7 +125,7 @@ class NeuSRenderer(SphereRenderer):
         discrete opacity between consecutive samples of a ray; samples behind the surface are
         then never evaluated in full. What is dropped weighs < eps in total per ray.
         """
-        sdf = field.sdf(o[ray] + d[ray] * t[:, None])
+        sdf = eval_chunked(field.sdf, o[ray] + d[ray] * t[:, None], chunk=self.grid.eval_chunk)
         inv_s = float(field.inv_s().clamp(1e-6, 1e6))
         same = torch.zeros_like(ray, dtype=torch.bool)
         same[:-1] = ray[1:] == ray[:-1]  # the next sample belongs to the same ray
@@ -143,7 +145,11 @@ class NeuSRenderer(SphereRenderer):
         dists = t1 - t0
         dirs = d[ray]
         pts = o[ray] + dirs * mid[:, None]
-        out = field(pts, dirs, create_graph=train)
+        if train:
+            out = field(pts, dirs, create_graph=True)
+        else:
+            fn = functools.partial(field, create_graph=False)
+            out = eval_chunked(fn, pts, dirs, chunk=self.grid.eval_chunk)
         alpha, inv_s = self._alpha(field, out, dirs, dists)
         w = packed_weights(alpha.reshape(-1), ray, B)
         normal = torch.nn.functional.normalize(out.gradient, dim=-1)

@@ -13,9 +13,11 @@ march actually runs — never on CPU, where its kernels raise ``NotImplementedEr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +50,8 @@ class OccupancyGrid(nn.Module):
             quarter of all cells (as nerfacc does), so refreshes stay cheap on big grids.
         early_stop_eps: when rendering without gradients (validation, test), renderers that
             can skip samples whose transmittance fell below this do so (0: off).
+        eval_chunk: when rendering without gradients, the field sees at most this many samples
+            at a time (bounds validation memory near a training step's).
         backend: ``auto`` | ``torch`` | ``nerfacc``.
     """
 
@@ -60,6 +64,7 @@ class OccupancyGrid(nn.Module):
         ema_decay: float = 0.95,
         warmup_steps: int = 256,
         early_stop_eps: float = 1e-4,
+        eval_chunk: int = 32768,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -73,7 +78,7 @@ class OccupancyGrid(nn.Module):
         self.step_size = 2.0 / n_steps
         self.update_every, self.threshold = update_every, threshold
         self.ema_decay, self.warmup_steps, self.backend = ema_decay, warmup_steps, backend
-        self.early_stop_eps = float(early_stop_eps)
+        self.early_stop_eps, self.eval_chunk = float(early_stop_eps), max(int(eval_chunk), 1)
         R = resolution
         # No refresh yet: every cell is marched (binary), none has a value (occs).
         self.register_buffer("occs", torch.zeros(R, R, R))
@@ -236,6 +241,23 @@ def packed_transmittance(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
 def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
     """Compositing weights ``α_i Π_{j<i} (1 − α_j)`` for packed samples (sorted by ray)."""
     return alpha * packed_transmittance(alpha, ray, n_rays)
+
+
+def eval_chunked(fn: Callable[..., Any], *inputs: Tensor, chunk: int) -> Any:
+    """``fn(*inputs)`` over slices of at most ``chunk`` rows, outputs concatenated.
+
+    For rendering without gradients: packed sample counts vary wildly between ray chunks, and
+    this keeps the field's activations (the memory peak) at ``chunk`` samples whatever the rays.
+    ``fn`` returns a tensor or a dataclass of tensors (``SDFOutput``, ``DensityOutput``).
+    """
+    n = inputs[0].shape[0]
+    if n <= chunk:
+        return fn(*inputs)
+    outs = [fn(*(x[i : i + chunk] for x in inputs)) for i in range(0, n, chunk)]
+    if isinstance(outs[0], Tensor):
+        return torch.cat(outs)
+    names = [f.name for f in dataclasses.fields(outs[0])]
+    return type(outs[0])(**{k: torch.cat([getattr(o, k) for o in outs]) for k in names})
 
 
 def accumulate(values: Tensor, ray: Tensor, n_rays: int) -> Tensor:

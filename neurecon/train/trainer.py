@@ -175,12 +175,14 @@ class Trainer:
         return total, terms
 
     def _adapt_batch(self, samples: int) -> None:
-        """Dynamic batch: move the ray count a tenth of the way to the one that would have
-        given ``samples_per_step`` samples (smoothed: sample counts per ray are noisy)."""
+        """Dynamic batch: grow the ray count a tenth of the way to the one that would have
+        given ``samples_per_step`` samples (smoothed: sample counts are noisy), or shrink it
+        at once (memory: one oversized step is what an out-of-memory error needs)."""
         if self.samples_per_step is None:
             return
         wanted = self.rays * self.samples_per_step / max(samples, 1)
-        self.rays = int(min(max(0.9 * self.rays + 0.1 * wanted, 16), self.max_batch_rays))
+        rays = min(0.9 * self.rays + 0.1 * wanted, wanted)
+        self.rays = int(min(max(rays, 16), self.max_batch_rays))
 
     def _fault(self, key: str, iteration: int) -> bool:
         start = self.faults.get("nan_loss_from")
