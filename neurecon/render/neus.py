@@ -123,8 +123,8 @@ class NeuSRenderer(SphereRenderer):
 
         Rendering without gradients only: one SDF pass (no gradient, no colour) gives NeuS's
         discrete opacity between consecutive samples of a ray; samples behind the surface are
-        then never evaluated in full. What is dropped weighs < eps in total per ray.
-        """
+        then never evaluated in full. By this estimate, what is dropped weighs < eps per ray
+        (the final weights use the gradient-based alpha, which differs slightly)."""
         sdf = eval_chunked(field.sdf, o[ray] + d[ray] * t[:, None], chunk=self.grid.eval_chunk)
         inv_s = float(field.inv_s().clamp(1e-6, 1e6))
         same = torch.zeros_like(ray, dtype=torch.bool)
