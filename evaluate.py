@@ -43,7 +43,7 @@ def recompute(run_dir: Path) -> None:
     run = build(OmegaConf.load(cfg_file))
     state = load_checkpoint(ckpt, run.trainer.device)
     run.field.load_state_dict(state["field"])
-    if "renderer" in state:  # the occupancy grid, when the renderer has one
+    if state.get("renderer"):  # the occupancy grid, when the renderer has one
         run.renderer.load_state_dict(state["renderer"])
     old = run_dir / "metrics.json"
     base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}

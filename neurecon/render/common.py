@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.data.cameras import sphere_near_far
-from neurecon.render.occupancy import OccupancyGrid
+from neurecon.render.occupancy import OccupancyGrid, eval_chunked, packed_transmittance
 
 
 @dataclass
@@ -146,15 +147,48 @@ class SphereRenderer(nn.Module):
         """(N, 3) → (N,) the largest opacity a marching step near ``x`` can have (grid refresh)."""
         raise NotImplementedError
 
+    def visibility_alpha(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor) -> Tensor:
+        """(N,) cheap opacity estimate of packed samples at ``x`` (no gradients), for
+        skipping samples behind the surface."""
+        raise NotImplementedError
+
+    def _refresh_grid(self, step: int, field: nn.Module) -> None:
+        self.grid.update(step, lambda x: self.occupancy(field, x), self.grid_jitter)
+
     def update_step(self, step: int, field: nn.Module | None = None) -> None:
         """Schedule hook called by the trainer before every step: refreshes the grid when due."""
         if self.grid is not None and field is not None:
-            self.grid.update(step, lambda x: self.occupancy(field, x), self.grid_jitter)
+            self._refresh_grid(step, field)
 
     def ensure_grid(self, field: nn.Module) -> None:
         """Refresh a grid that has never seen the field (e.g. one loaded without grid state)."""
         if self.grid is not None and not bool(self.grid.occs.any()):
-            self.grid.update(0, lambda x: self.occupancy(field, x), self.grid_jitter)
+            self._refresh_grid(0, field)
+
+    def _packed_samples(
+        self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The grid's packed samples: ray indices, interval starts / ends, midpoints (N,).
+
+        Without gradients (validation, test) the samples behind the surface — transmittance
+        below ``grid.early_stop_eps`` by :meth:`visibility_alpha` — are dropped before the
+        field is evaluated in full.
+        """
+        ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
+        mid = 0.5 * (t0 + t1)
+        if not torch.is_grad_enabled() and self.grid.early_stop_eps > 0:
+            alpha = self.visibility_alpha(field, o[ray] + d[ray] * mid[:, None], ray, t1 - t0)
+            keep = packed_transmittance(alpha, ray, o.shape[0]) > self.grid.early_stop_eps
+            ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
+        return ray, t0, t1, mid
+
+    def _eval_packed(self, field: nn.Module, x: Tensor, d: Tensor):
+        """The field at packed samples: with a differentiable gradient when training, else in
+        chunks of ``grid.eval_chunk`` samples (packed counts per ray chunk vary wildly)."""
+        if torch.is_grad_enabled():
+            return field(x, d, create_graph=True)
+        fn = functools.partial(field, create_graph=False)
+        return eval_chunked(fn, x, d, chunk=self.grid.eval_chunk)
 
     def forward(
         self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor

@@ -15,13 +15,7 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import (
-    OccupancyGrid,
-    accumulate,
-    eval_chunked,
-    packed_transmittance,
-    packed_weights,
-)
+from neurecon.render.occupancy import OccupancyGrid, accumulate, eval_chunked, packed_weights
 
 
 class NeRFRenderer(SphereRenderer):
@@ -72,24 +66,17 @@ class NeRFRenderer(SphereRenderer):
         """Opacity of one marching step at ``x``: ``1 − exp(−σ · step)``."""
         return 1.0 - torch.exp(-field.density(x) * self.grid.step_size)
 
+    @torch.no_grad()
+    def visibility_alpha(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor) -> Tensor:
+        """The samples' own opacity ``1 − exp(−σ·dt)`` from one density pass (no colour)."""
+        return 1.0 - torch.exp(-eval_chunked(field.density, x, chunk=self.grid.eval_chunk) * dt)
+
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         """Samples in occupied cells only, composited per ray (packed layout)."""
         B = o.shape[0]
-        ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
-        mid = 0.5 * (t0 + t1)
-        if not torch.is_grad_enabled() and self.grid.early_stop_eps > 0:
-            # Without gradients: one density pass, then colour only where still visible.
-            x = o[ray] + d[ray] * mid[:, None]
-            sigma = eval_chunked(field.density, x, chunk=self.grid.eval_chunk)
-            trans = packed_transmittance(1.0 - torch.exp(-sigma * (t1 - t0)), ray, B)
-            keep = trans > self.grid.early_stop_eps
-            ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
+        ray, t0, t1, mid = self._packed_samples(field, o, d, near, far)
         dirs = d[ray]
-        pts = o[ray] + dirs * mid[:, None]
-        if torch.is_grad_enabled():
-            out = field(pts, dirs)
-        else:
-            out = eval_chunked(field, pts, dirs, chunk=self.grid.eval_chunk)
+        out = self._eval_packed(field, o[ray] + dirs * mid[:, None], dirs)
         w = packed_weights(1.0 - torch.exp(-out.density * (t1 - t0)), ray, B)
         return RenderOutput(
             color=accumulate(w[:, None] * out.color, ray, B),

@@ -7,7 +7,6 @@ evaluate the field with gradients and composite.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -21,13 +20,7 @@ from neurecon.render.common import (
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import (
-    OccupancyGrid,
-    accumulate,
-    eval_chunked,
-    packed_transmittance,
-    packed_weights,
-)
+from neurecon.render.occupancy import OccupancyGrid, accumulate, eval_chunked, packed_weights
 
 
 def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Tensor:
@@ -35,6 +28,11 @@ def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Te
     prev_cdf = torch.sigmoid(sdf_prev * inv_s)
     next_cdf = torch.sigmoid(sdf_next * inv_s)
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+
+
+def _inv_s(field: nn.Module) -> Tensor:
+    """The field's ``inv_s``, kept in a range where the sigmoids stay finite."""
+    return field.inv_s().clamp(1e-6, 1e6)
 
 
 class NeuSRenderer(SphereRenderer):
@@ -90,7 +88,7 @@ class NeuSRenderer(SphereRenderer):
         around the centre ``x`` can hold, ``max(|f(x)| − r_cell, 0)`` (exact for an SDF with
         ``|∇f| ≤ 1``, which the eikonal term keeps): large near the surface, tiny once
         ``inv_s · |f|`` is."""
-        inv_s = float(field.inv_s().clamp(1e-6, 1e6))
+        inv_s = float(_inv_s(field))
         a = (field.sdf(x).abs() - self.grid.cell_radius).clamp_min(0.0)
         half = 0.5 * self.grid.step_size
         return _neus_alpha(a + half, a - half, inv_s)
@@ -102,7 +100,7 @@ class NeuSRenderer(SphereRenderer):
         The cos-anneal trick: early on, let the surface be "seen" even where the SDF slope
         along the ray is small, to avoid bad local minima.
         """
-        inv_s = field.inv_s().clamp(1e-6, 1e6)
+        inv_s = _inv_s(field)
         true_cos = (d * out.gradient).sum(-1)
         r = self.cos_anneal_ratio
         iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1 - r) + torch.relu(-true_cos) * r)
@@ -118,43 +116,29 @@ class NeuSRenderer(SphereRenderer):
         return (out.gradient.norm(dim=-1) - 1.0) ** 2
 
     @torch.no_grad()
-    def _visible(self, field: nn.Module, o: Tensor, d: Tensor, ray: Tensor, t: Tensor, B: int):
-        """(N,) bool: packed samples still visible, transmittance > ``early_stop_eps``.
-
-        Rendering without gradients only: one SDF pass (no gradient, no colour) gives NeuS's
-        discrete opacity between consecutive samples of a ray; samples behind the surface are
-        then never evaluated in full. By this estimate, what is dropped weighs < eps per ray
-        (the final weights use the gradient-based alpha, which differs slightly)."""
-        sdf = eval_chunked(field.sdf, o[ray] + d[ray] * t[:, None], chunk=self.grid.eval_chunk)
-        inv_s = float(field.inv_s().clamp(1e-6, 1e6))
+    def visibility_alpha(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor) -> Tensor:
+        """NeuS's discrete opacity between consecutive samples of a ray from one SDF pass (no
+        gradient, no colour); a ray's last sample gets 0. By this estimate what is dropped
+        weighs < eps per ray (the final weights use the gradient-based alpha, which differs
+        slightly)."""
+        sdf = eval_chunked(field.sdf, x, chunk=self.grid.eval_chunk)
         same = torch.zeros_like(ray, dtype=torch.bool)
         same[:-1] = ray[1:] == ray[:-1]  # the next sample belongs to the same ray
-        nxt = torch.roll(sdf, -1)
-        alpha = torch.where(same, _neus_alpha(sdf, nxt, inv_s), torch.zeros_like(sdf))
-        return packed_transmittance(alpha, ray, B) > self.grid.early_stop_eps
+        alpha = _neus_alpha(sdf, torch.roll(sdf, -1), float(_inv_s(field)))
+        return torch.where(same, alpha, torch.zeros_like(sdf))
 
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         """Samples in occupied cells only, composited per ray (packed layout)."""
         B = o.shape[0]
-        ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
-        mid = 0.5 * (t0 + t1)
-        train = torch.is_grad_enabled()
-        if not train and self.grid.early_stop_eps > 0:
-            keep = self._visible(field, o, d, ray, mid, B)
-            ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
-        dists = t1 - t0
+        ray, t0, t1, mid = self._packed_samples(field, o, d, near, far)
         dirs = d[ray]
         pts = o[ray] + dirs * mid[:, None]
-        if train:
-            out = field(pts, dirs, create_graph=True)
-        else:
-            fn = functools.partial(field, create_graph=False)
-            out = eval_chunked(fn, pts, dirs, chunk=self.grid.eval_chunk)
-        alpha, inv_s = self._alpha(field, out, dirs, dists)
+        out = self._eval_packed(field, pts, dirs)
+        alpha, inv_s = self._alpha(field, out, dirs, t1 - t0)
         w = packed_weights(alpha.reshape(-1), ray, B)
         normal = torch.nn.functional.normalize(out.gradient, dim=-1)
         eik = (out.gradient.norm(dim=-1) - 1.0) ** 2
-        if train and self.n_eikonal > 0:
+        if torch.is_grad_enabled() and self.n_eikonal > 0:
             eik = torch.cat([eik, self._eikonal_points(field, pts)])
         return RenderOutput(
             color=accumulate(w[:, None] * out.color, ray, B),

@@ -211,7 +211,7 @@ class Trainer:
         return ckpt
 
     def _state(
-        self, step: int, field: nn.Module, opt, sched, gen, elapsed: float, renderer=None
+        self, step: int, field: nn.Module, renderer: nn.Module, opt, sched, gen, elapsed: float
     ) -> dict:
         state = {
             "step": step,
@@ -222,18 +222,17 @@ class Trainer:
             "guard": {"skipped": self.guard.skipped, "rollbacks": self.guard.rollbacks},
             "elapsed_s": elapsed,
             "batch_rays": self.rays,
+            "renderer": renderer.state_dict(),  # e.g. the occupancy grid; may be empty
         }
-        if renderer is not None and len(renderer.state_dict()):  # e.g. the occupancy grid
-            state["renderer"] = renderer.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def _restore(
-        self, state: dict, field: nn.Module, opt, sched, gen, rng: bool = True, renderer=None
+        self, state: dict, field: nn.Module, renderer: nn.Module, opt, sched, gen, rng: bool = True
     ) -> int:
         field.load_state_dict(state["field"])
-        if renderer is not None and "renderer" in state:
+        if state.get("renderer"):  # empty without a grid; absent from older checkpoints
             renderer.load_state_dict(state["renderer"])
         self.rays = int(state.get("batch_rays", self.batch_rays))
         opt.load_state_dict(state["optimizer"])
@@ -274,7 +273,7 @@ class Trainer:
         step, elapsed = 0, 0.0
         if resume_from is not None:
             state = load_checkpoint(resume_from, self.device)
-            step = self._restore(state, field, opt, sched, gen, renderer=renderer)
+            step = self._restore(state, field, renderer, opt, sched, gen)
             elapsed = float(state.get("elapsed_s", 0.0))
             self.guard.skipped = int(state["guard"]["skipped"])
             self.guard.rollbacks = int(state["guard"]["rollbacks"])
@@ -386,9 +385,7 @@ class Trainer:
             if cause is not None:
                 snap = self.guard.bad_step(step, cause)
                 if snap is not None:  # roll back model, optimizer and schedule; slow down
-                    step = self._restore(
-                        snap.state, field, opt, sched, gen, rng=False, renderer=renderer
-                    )
+                    step = self._restore(snap.state, field, renderer, opt, sched, gen, rng=False)
                     # Compounds over rollbacks, even when restoring the same snapshot again.
                     scale_lr(opt, sched, self.guard.lr_scale / snap.lr_scale)
                     bar.n = step
@@ -398,7 +395,7 @@ class Trainer:
                 elapsed = time.time() - t0
                 self.guard.good_step(
                     step,
-                    lambda s=step, e=elapsed: self._state(s, field, opt, sched, gen, e, renderer),
+                    lambda s=step, e=elapsed: self._state(s, field, renderer, opt, sched, gen, e),
                 )
             samples += r.num_samples
             self._adapt_batch(r.num_samples)
@@ -408,7 +405,7 @@ class Trainer:
             if self.val_every and step % self.val_every == 0 and step < self.max_steps:
                 self._validate(scene, field, renderer, out / "val", step)
             if (self.ckpt_every and step % self.ckpt_every == 0) or step == self.max_steps:
-                state = self._state(step, field, opt, sched, gen, time.time() - t0, renderer)
+                state = self._state(step, field, renderer, opt, sched, gen, time.time() - t0)
                 self._save(out, state)
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss}
             if callback is not None and callback(step, stats):
