@@ -31,16 +31,15 @@ log = logging.getLogger("evaluate")
 
 def recompute(run_dir: Path) -> None:
     """Re-render the test views and re-extract the mesh from the run's newest checkpoint."""
-    from omegaconf import OmegaConf
-
-    from neurecon.build import build
+    from neurecon.runs import build_run
     from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
+    from neurecon.train.lock import run_folder_lock
 
-    cfg_file = run_dir / ".hydra" / "config.yaml"
     ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if not cfg_file.is_file() or ckpt is None:
+    if not (run_dir / ".hydra" / "config.yaml").is_file() or ckpt is None:
         raise NeuReconError(f"{run_dir}: --recompute needs .hydra/config.yaml and a checkpoint")
-    run = build(OmegaConf.load(cfg_file))
+    # The saved config is untrusted: only allow-listed targets are built (neurecon.runs).
+    run = build_run(run_dir)
     state = load_checkpoint(ckpt, run.trainer.device)
     run.field.load_state_dict(state["field"])
     if state.get("renderer"):  # the occupancy grid, when the renderer has one
@@ -49,7 +48,8 @@ def recompute(run_dir: Path) -> None:
     base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}
     base.update({"status": base.get("status", "completed"), "steps": int(state["step"])})
     log.info("recomputing %s from %s", run_dir, ckpt.name)
-    run.trainer.evaluate(run.scene, run.field, run.renderer, run_dir, base)
+    with run_folder_lock(run_dir):  # never write beside a live run
+        run.trainer.evaluate(run.scene, run.field, run.renderer, run_dir, base)
 
 
 def main(argv: list[str] | None = None) -> int:

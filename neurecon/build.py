@@ -55,7 +55,7 @@ def build(cfg: DictConfig) -> Run:
     extra: dict[str, Any] = {}
     if "background_net" in cfg.field:
         mode = cfg.field.get("background", "auto")
-        unmasked = scene.masks is None or not cfg.trainer.get("use_mask", True)
+        unmasked = scene.masks is None or cfg.trainer.get("use_mask", "auto") is False
         wanted = mode == "nerfpp" or (mode == "auto" and unmasked)
         extra["background_net"] = (
             _instantiate(cfg.field.background_net, "field.background_net") if wanted else None

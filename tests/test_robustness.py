@@ -221,11 +221,26 @@ def test_finished_run_is_never_overwritten(tmp_path):
         ("trainer.loss.color_type=l3", "trainer.loss.color_type='l3'"),
         ("field.variance_init=inf", "field.variance_init must be finite"),
         ("renderer.n_samples=1", "need n_samples >= 2"),
+        ("trainer.use_mask=maybe", "trainer.use_mask='maybe'; choose auto, true or false"),
     ],
 )
 def test_bad_config_values_are_named(tmp_path, override, message):
     with pytest.raises(NeuReconError, match=message.replace("(", r"\(").replace("[", r"\[")):
         _fit(tmp_path, "trainer.max_steps=2", override)
+
+
+def test_use_mask_true_on_a_scene_without_masks_is_an_error(tmp_path):
+    """instant-nsr-pl #56: masks asked for on a scene that has none is one clear error, not a
+    silently unmasked run; ``auto`` (the default) trains without them."""
+    run = build(compose_cfg([*FAST, "trainer.max_steps=2", "trainer.use_mask=true"]))
+    run.scene.masks = None
+    with pytest.raises(NeuReconError, match=r"trainer\.use_mask=true but scene 'synthetic_sphere'"):
+        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "a")
+    assert not (tmp_path / "a" / "metrics.json").exists()
+    run = build(compose_cfg([*FAST, "trainer.max_steps=2"]))
+    run.scene.masks = None
+    m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "b")
+    assert m["status"] == "completed"
 
 
 def test_encoder_backend_error_via_cli(tmp_path):

@@ -34,6 +34,7 @@ from neurecon.train.checkpoint import (
     save_checkpoint,
 )
 from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
+from neurecon.train.lock import run_folder_lock
 from neurecon.train.losses import color_loss, mask_loss
 from neurecon.train.pruning import make_reporter
 
@@ -68,7 +69,9 @@ class Trainer:
         chamfer_points: points sampled from the mesh for Chamfer distance.
         chamfer_threshold: F-score threshold as a fraction of the object's bounding radius.
         loss: weights ``color``, ``eikonal``, ``mask`` and ``color_type`` (l1 | huber | mse).
-        use_mask: use the scene's masks (masked colour loss + mask BCE) when it has them.
+        use_mask: ``auto``: use the scene's masks (masked colour loss + mask BCE) when it has
+            them; ``true``: require them (a scene without masks is an error, not a silent
+            unmasked run: the confusion of instant-nsr-pl #56); ``false``: ignore them.
         objective: metric key returned to Hydra / Optuna, or a list of keys (multi-objective).
         progress: show a tqdm bar.  seed, device (auto | cpu | cuda[:i]).
         precision: fp32 | fp16 | bf16 (mixed precision with torch.amp; CUDA only, CPU uses fp32).
@@ -102,7 +105,7 @@ class Trainer:
         chamfer_points: int = 100_000,
         chamfer_threshold: float = 0.01,
         loss: Mapping[str, Any] | None = None,
-        use_mask: bool = True,
+        use_mask: bool | str = "auto",
         objective: str | Sequence[str] = "test/psnr",
         progress: bool = True,
         seed: int = 0,
@@ -137,6 +140,8 @@ class Trainer:
             raise ConfigError(f"trainer.loss: unknown key(s) {sorted(unknown)}; known {sorted(w)}")
         w.update(dict(loss or {}))
         self.w = w
+        if use_mask not in (True, False, "auto"):
+            raise ConfigError(f"trainer.use_mask={use_mask!r}; choose auto, true or false")
         self.use_mask, self.progress = use_mask, progress
         self.objective = objective if isinstance(objective, str) else list(objective)
         self.seed, self.device = seed, resolve_device(device)
@@ -261,8 +266,18 @@ class Trainer:
         Raises :class:`TrainingDiverged` (after writing ``metrics.json`` with status ``diverged``)
         when the NaN guard gives up.
         """
-        out = Path(out_dir)
+        with run_folder_lock(out_dir):  # one writer per run folder
+            return self._fit(scene, field, renderer, optimizer, Path(out_dir), logger, callback)
+
+    def _fit(
+        self, scene, field, renderer, optimizer, out: Path, logger, callback
+    ) -> dict[str, Any]:
         self.logger = logger if logger is not None else NoneLogger()
+        if self.use_mask is True and scene.masks is None:
+            raise ConfigError(
+                f"trainer.use_mask=true but scene {scene.name!r} has no masks (a mask/ folder, "
+                "alpha, or dataset.use_mask=true); use trainer.use_mask=auto or false"
+            )
         resume_from = self._check_out_dir(out)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -338,7 +353,7 @@ class Trainer:
     ) -> float:
         """Optimise from ``step`` to ``max_steps``; returns wall time in seconds."""
         bg = scene.background.to(self.device)
-        use_mask = self.use_mask and scene.masks is not None
+        use_mask = self.use_mask is not False and scene.masks is not None
         amp_dtype = _PRECISIONS[self.precision]
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t0, samples, iteration = time.time(), 0, 0

@@ -1,0 +1,194 @@
+"""Untrusted run folders: a hostile saved config is refused before anything in it is called."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY, compose_cfg
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import evaluate
+from neurecon.build import build
+from neurecon.runs import UntrustedConfigError, check_targets
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what a hostile pickle would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _hostile(tmp: Path, marker: Path) -> dict[str, tuple[str, dict]]:
+    """name → (config key whose node is replaced, the hostile node). Each would create
+    ``marker`` if Hydra's instantiate called it."""
+    payload = tmp / "payload.pkl"
+    payload.write_bytes(pickle.dumps(_Payload(marker)))
+    script = tmp / "script.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    m = str(marker)
+    return {
+        "os.system": ("dataset", {"_target_": "os.system", "_args_": [f"touch {m}"]}),
+        "subprocess.run": ("field", {"_target_": "subprocess.run", "_args_": [["touch", m]]}),
+        "shutil.copyfile": (
+            "renderer.grid",
+            {"_target_": "shutil.copyfile", "src": str(script), "dst": m},
+        ),
+        "runpy.run_path": ("optimizer", {"_target_": "runpy.run_path", "path_name": str(script)}),
+        "builtins.exec": (
+            "trainer",
+            {"_target_": "builtins.exec", "_args_": [f"open({m!r}, 'w').close()"]},
+        ),
+        "numpy.load (pickle)": (
+            "encoder",
+            {"_target_": "numpy.load", "file": str(payload), "allow_pickle": True},
+        ),
+        "numpy.save": (
+            "encoder",
+            {"_target_": "numpy.save", "file": m, "arr": [1], "_convert_": "all"},
+        ),
+        "scipy.io.savemat": (
+            "optimizer",
+            {"_target_": "scipy.io.savemat", "file_name": m, "mdict": {"a": 1}, "_convert_": "all"},
+        ),
+        "imageio.v3.imwrite": (
+            "renderer",
+            {
+                "_target_": "imageio.v3.imwrite",
+                "uri": m,
+                "image": [[0]],
+                "extension": ".png",
+                "_convert_": "all",
+            },
+        ),
+        "torch.load (pickle)": (
+            "field.dir_encoder",
+            {"_target_": "torch.load", "f": str(payload), "weights_only": False},
+        ),
+        "torch.save": ("dataset", {"_target_": "torch.save", "obj": 1, "f": m}),
+        "joblib.load (pickle)": ("dataset", {"_target_": "joblib.load", "filename": str(payload)}),
+        "pickle via neurecon module attribute": (
+            "dataset",
+            {"_target_": "neurecon.data.io.np.load", "file": str(payload), "allow_pickle": True},
+        ),
+        "nested inside an allowed node": (
+            "dataset.hostile",
+            {"_target_": "os.system", "_args_": [f"touch {m}"]},
+        ),
+        "hidden behind an interpolation": (
+            "dataset",
+            {"_target_": "${oc.decode:'\"os.system\"'}", "_args_": [f"touch {m}"]},
+        ),
+    }
+
+
+def _ran(marker: Path) -> bool:
+    """numpy and scipy append their own suffix to the marker's name."""
+    return any(marker.parent.glob(f"{marker.name}*"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished 2-step run folder with its saved config and a checkpoint."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = compose_cfg([*TINY, "dataset.shape=sphere", "trainer.max_steps=2"])
+    r = build(cfg)
+    r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, root)
+    (root / ".hydra").mkdir()
+    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    return root
+
+
+def _plant(run_dir: Path, dst: Path, key: str, node: dict) -> Path:
+    shutil.copytree(run_dir, dst)
+    cfg = OmegaConf.load(dst / ".hydra" / "config.yaml")
+    OmegaConf.update(cfg, key, node, merge=False, force_add=True)
+    OmegaConf.save(cfg, dst / ".hydra" / "config.yaml")
+    return dst
+
+
+def test_hostile_saved_configs_are_refused_before_any_call(run_dir, tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    cases = _hostile(tmp_path, marker)
+    assert len({node["_target_"] for _, node in cases.values()}) >= 8
+    for i, (name, (key, node)) in enumerate(cases.items()):
+        run = _plant(run_dir, tmp_path / f"case{i}", key, node)
+        capsys.readouterr()
+        rc = evaluate.main([str(run), "--recompute"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, name
+        assert not _ran(marker), f"{name}: the hostile target ran"
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert f"refusing {key}._target_=" in lines[0], (name, err)
+        assert "untrusted run folder" in lines[0]
+
+
+def test_the_markers_are_real_plain_instantiate_runs_them(tmp_path):
+    """Control: the same nodes handed to Hydra's own instantiate do run code (so the test above
+    can fail). Hydra blocks none of these; we record which ran."""
+    marker = tmp_path / "MARKER"
+    ran = []
+    for name, (_, node) in _hostile(tmp_path, marker).items():
+        if "nested" in name or "interpolation" in name:
+            continue
+        with contextlib.suppress(Exception):  # some fail after their side effect
+            instantiate(OmegaConf.create(node))
+        if _ran(marker):
+            ran.append(name)
+            for p in marker.parent.glob(f"{marker.name}*"):
+                p.unlink()
+    # Hydra's own block-list stops os.system, subprocess.run, exec and runpy; not the rest.
+    assert len(ran) >= 8, ran
+
+
+def test_the_cli_refuses_with_exit_2_and_one_line(run_dir, tmp_path):
+    marker = tmp_path / "MARKER"
+    key, node = _hostile(tmp_path, marker)["os.system"]
+    run = _plant(run_dir, tmp_path / "evil", key, node)
+    res = subprocess.run(
+        [sys.executable, "evaluate.py", str(run), "--recompute"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2 and not _ran(marker)
+    assert res.stderr.strip().splitlines() == [
+        f"error: {run}/.hydra/config.yaml: refusing dataset._target_='os.system': a saved "
+        "config may only name neurecon's own classes (untrusted run folder; nothing was run)"
+    ]
+
+
+def test_a_genuine_run_folder_still_recomputes(run_dir, tmp_path):
+    run = tmp_path / "ok"
+    shutil.copytree(run_dir, run)
+    (run / "metrics.json").unlink()
+    assert evaluate.main([str(run), "--recompute"]) == 0
+    assert (run / "metrics.json").is_file()
+
+
+def test_allow_list_admits_every_shipped_config():
+    for group in ("dataset", "encoder", "field", "renderer", "optimizer", "logger"):
+        for f in sorted((REPO / "conf" / group).glob("*.yaml")):
+            cfg = compose_cfg([f"{group}={f.stem}"])
+            check_targets(cfg, f)  # raises on a refused target
+
+
+def test_non_class_neurecon_callables_are_refused():
+    with pytest.raises(UntrustedConfigError, match="save_checkpoint"):
+        check_targets(
+            OmegaConf.create({"x": {"_target_": "neurecon.train.checkpoint.save_checkpoint"}}),
+            "cfg",
+        )
