@@ -9,6 +9,8 @@ import pytest
 from conftest import REPO, TINY
 from test_logging import _wandb_runs
 
+from neurecon.storage import open_storage
+
 optuna = pytest.importorskip("optuna")
 FAST = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
@@ -17,8 +19,8 @@ FAST = [o for o in TINY if o != "logger=none"] + [
 ]
 
 
-def _sweep(sweep_dir, *args):
-    env = {**os.environ, "WANDB_SILENT": "true"}
+def _sweep(sweep_dir, *args, env=None):
+    env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *args],
@@ -31,7 +33,7 @@ def _sweep(sweep_dir, *args):
 
 
 def _study(sweep_dir, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir}/optuna.db")
+    return optuna.load_study(study_name=name, storage=open_storage(f"{sweep_dir}/optuna.journal"))
 
 
 def test_lr_inv_s_sweep_logs_every_trial_to_one_wandb_group(tmp_path):
@@ -64,7 +66,16 @@ def test_rerunning_the_same_sweep_resumes_the_study(tmp_path):
     for _ in range(2):
         res = _sweep(tmp_path / "s", *args)
         assert res.returncode == 0, res.stderr[-3000:]
-    assert len(_study(tmp_path / "s", "lr_inv_s").trials) == 4
+    trials = _study(tmp_path / "s", "lr_inv_s").trials
+    assert len(trials) == 4
+    # The resumed sweep continues the search: no parameter set is drawn twice.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    # And a fixed seed keeps the sweep reproducible: a fresh study draws the same sequence.
+    for _ in range(2):
+        res = _sweep(tmp_path / "again", *args)
+        assert res.returncode == 0, res.stderr[-3000:]
+    again = _study(tmp_path / "again", "lr_inv_s").trials
+    assert [t.params for t in again] == [t.params for t in trials]
     assert sorted(p.name for p in (tmp_path / "s").glob("trial_*")) == [
         "trial_0",
         "trial_1",

@@ -2,14 +2,20 @@
 parallel trials on one machine with the joblib launcher."""
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from test_sweeps import _study, _sweep
+
+from neurecon.storage import open_storage
 
 optuna = pytest.importorskip("optuna")
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None)  # Debian's layout
@@ -21,9 +27,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Postgres:
+    url: str  # without the password (what may appear anywhere)
+    password: str
+
+    @property
+    def full_url(self) -> str:  # what a user exports in NEURECON_STORAGE
+        return self.url.replace("sweeper@", f"sweeper:{self.password}@")
+
+
+def _pg(*args, **kwargs):
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, **kwargs)
+
+
 @pytest.fixture
 def postgres():
-    """A throw-away PostgreSQL server on loopback; initdb refuses root, so run it as nobody."""
+    """A throw-away PostgreSQL server on loopback with a password-protected role ``sweeper``
+    (TCP connections need the password). initdb refuses root, so the server runs as nobody."""
     pytest.importorskip("psycopg2")
     if PG_BIN is None or not (PG_BIN / "initdb").exists():
         pytest.skip("PostgreSQL server binaries not installed")
@@ -32,55 +53,17 @@ def postgres():
     as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(root, "nobody")
-    port = _free_port()
+    port, password = _free_port(), "pw-" + secrets.token_hex(12)
     data, log = root / "data", root / "server.log"
-    subprocess.run(
-        [
-            *as_user,
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _pg(*as_user, PG_BIN / "initdb", "-D", data, "-U", "postgres", "-E", "UTF8",
+        "--auth-local=trust", "--auth-host=scram-sha-256")  # fmt: skip
+    _pg(*as_user, PG_BIN / "pg_ctl", "-D", data, "-l", log, "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
     try:
-        subprocess.run(
-            [
-                str(PG_BIN / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "optuna",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        admin = ["-h", root, "-p", port, "-U", "postgres"]  # the Unix socket: trusted
+        _pg(PG_BIN / "psql", *admin, "-c", f"CREATE ROLE sweeper LOGIN PASSWORD '{password}'")
+        _pg(PG_BIN / "createdb", *admin, "-O", "sweeper", "optuna")
+        yield Postgres(f"postgresql+psycopg2://sweeper@127.0.0.1:{port}/optuna", password)
     finally:
         subprocess.run(
             [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
@@ -94,18 +77,21 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
         "sweep=lr_inv_s",
         "hydra.sweeper.n_trials=2",
         "logger=none",
-        f"hydra.sweeper.storage='{postgres}'",
+        f"hydra.sweeper.storage='{postgres.url}'",  # no password: libpq reads PGPASSWORD
         "hydra.sweeper.study_name=shared",
     ]
     # Two workers, as on two machines: separate folders, one study in the database.
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(_sweep, tmp_path / f"worker{i}", *args) for i in range(2)]
+        futures = [
+            pool.submit(
+                _sweep, tmp_path / f"worker{i}", *args, env={"PGPASSWORD": postgres.password}
+            )
+            for i in range(2)
+        ]
         results = [f.result() for f in futures]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
-    study = optuna.load_study(study_name="shared", storage=postgres)
+    study = optuna.load_study(study_name="shared", storage=postgres.full_url)
     assert len(study.trials) == 4
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     # Both workers contributed: each one's folder holds two finished trials.
@@ -114,6 +100,79 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
     starts = sorted(t.datetime_start for t in study.trials)
     ends = sorted(t.datetime_complete for t in study.trials)
     assert starts[1] < ends[0]  # the workers really ran at the same time
+    # Same command, same seed, at the same time: still no parameter set drawn twice.
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+
+
+def _files_containing(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
+    """Pruning on (trials report through the storage), W&B offline: the password is in the
+    environment only, and in no file under the sweep folder, nor in stdout / stderr."""
+    pytest.importorskip("wandb")
+    sweep_dir = tmp_path / "secret"
+    res = _sweep(
+        sweep_dir,
+        "sweep=lr_inv_s",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner=median",
+        "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'",
+        "hydra.sweeper.study_name=secret",
+        "trainer.val_every=5",
+        "logger=wandb",
+        "logger.mode=offline",
+        env={"NEURECON_STORAGE": postgres.full_url},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="secret", storage=postgres.full_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert all(t.intermediate_values for t in study.trials)  # reported through the storage
+    assert list(sweep_dir.glob("trial_*/wandb/offline-run-*"))  # W&B files exist and are read
+    assert _files_containing(sweep_dir, postgres.password) == []
+    assert postgres.password not in res.stdout + res.stderr
+
+
+def test_storage_password_on_the_command_line_is_refused_redacted(tmp_path, postgres):
+    sweep_dir = tmp_path / "typed"
+    res = _sweep(
+        sweep_dir,
+        "sweep=lr_inv_s",
+        f"hydra.sweeper.storage='{postgres.full_url}'",
+        "hydra.sweeper.study_name=typed",
+        "logger=none",
+    )
+    assert res.returncode != 0
+    assert "sweeper:***@127.0.0.1" in res.stderr and "PGPASSWORD" in res.stderr
+    assert postgres.password not in res.stdout + res.stderr
+    assert not sweep_dir.exists() or _files_containing(sweep_dir, postgres.password) == []
+
+
+def test_four_parallel_workers_lose_and_repeat_nothing_then_resume(tmp_path):
+    """4 sweeper processes x 3 trials append to one journal file at once; then one resumes."""
+    journal = tmp_path / "shared.journal"
+    args = [
+        "sweep=lr_inv_s",
+        "hydra.sweeper.n_trials=3",
+        "logger=none",
+        f"hydra.sweeper.storage={journal}",
+        "hydra.sweeper.study_name=par",
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_sweep, tmp_path / f"w{i}", *args) for i in range(4)]
+        results = [f.result() for f in futures]
+    for res in results:
+        assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
+    print("states:", Counter(t.state.name for t in trials))
+    assert len(trials) == 12 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 12
+    res = _sweep(tmp_path / "w0", *args[:1], "hydra.sweeper.n_trials=2", *args[2:])
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
+    assert len(trials) == 14 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 14
 
 
 def test_joblib_launcher_runs_trials_in_parallel(tmp_path):

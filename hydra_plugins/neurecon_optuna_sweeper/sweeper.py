@@ -6,7 +6,12 @@ hydra-optuna-sweeper (``sampler``, ``direction``, ``study_name``, ``storage``, `
 - a trial that raises (a crash, a diverged run) is recorded as FAIL and the sweep goes on;
 - job numbers continue across resumed runs, so trial folders never collide;
 - a summary table of all trials (and the best trial / Pareto front) at the end,
-  also written to ``<sweep dir>/trials.csv``.
+  also written to ``<sweep dir>/trials.csv``;
+- a resumed or parallel worker continues the search and never repeats it: the sampler is
+  seeded per trial from ``seed`` and the trial's number, which the storage hands out once per
+  study (a fixed ``seed`` still makes the whole sweep reproducible);
+- storage specs and credentials as in :mod:`neurecon.storage` (a journal file by default; a
+  password on the command line is refused, since Hydra writes overrides to disk).
 
 hydra-optuna-sweeper 1.3 pins optuna<3 (and its RDB storage needs SQLAlchemy<2), and offers no
 pruning; that is why this small plugin exists.
@@ -15,6 +20,7 @@ pruning; that is why this small plugin exists.
 import csv
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict  # noqa: UP035
@@ -26,6 +32,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from neurecon.storage import TRIAL_STORAGE_ENV, has_password, open_storage, redact
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +43,7 @@ class NeureconOptunaSweeperConf:
     sampler: str = "tpe"  # tpe | random | nsga2
     direction: Any = "maximize"  # or a list, one per objective
     study_name: str = "neurecon"
-    storage: Any = None  # null: in memory; sqlite:///path.db, postgresql://...
+    storage: Any = None  # null: in memory; PATH.journal, sqlite:///path.db, postgresql://...
     n_trials: int = 8
     n_jobs: int = 1  # trials launched together (with a parallel launcher, e.g. joblib)
     seed: Any = None
@@ -64,6 +72,25 @@ def _distribution(key: str, sweep: Any):
             return d.IntDistribution(sweep.start, sweep.end)
         return d.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
     raise ValueError(f"hydra.sweeper.params.{key}: unsupported sweep {sweep!r}")
+
+
+def _trial_seed(seed: Any, number: int) -> int | None:
+    """The sampler seed for trial ``number``: distinct per trial, reproducible per ``seed``."""
+    if seed is None:
+        return None
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
+def _suggest(trial: Any, name: str, dist: Any) -> Any:
+    import optuna.distributions as d
+
+    if isinstance(dist, d.CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, d.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 def _sampler(name: str, seed: Any):
@@ -118,6 +145,14 @@ class NeureconOptunaSweeper(Sweeper):
             raise ValueError("hydra.sweeper.pruner needs a storage (trials report through it)")
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
+        if has_password(raw):  # typed on the command line or in a file: Hydra saves it
+            raise ValueError(
+                f"hydra.sweeper.storage={redact(str(raw))}: a password here would be written "
+                "to .hydra/*.yaml and multirun.yaml. Leave it out and set PGPASSWORD (or "
+                "~/.pgpass), or export NEURECON_STORAGE=<url> and pass "
+                "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'"
+            )
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -148,9 +183,11 @@ class NeureconOptunaSweeper(Sweeper):
         if start:
             log.info("resuming study %r: %d earlier trials", self.study_name, start)
         log.info("study %r: %d trials over %s", self.study_name, self.n_trials, list(space))
+        if self.storage is not None:  # trials reach the study through their environment
+            os.environ[TRIAL_STORAGE_ENV] = str(self.storage)
         done = 0
         while done < self.n_trials:
-            batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            batch = [self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             overrides = [
                 tuple(fixed)
                 + tuple(f"{k}={v}" for k, v in t.params.items())
@@ -164,6 +201,18 @@ class NeureconOptunaSweeper(Sweeper):
             done += len(batch)
         self._summarise(study)
 
+    def _ask(self, study: Any, space: dict[str, Any]) -> Any:
+        """A new trial whose parameters come from a sampler seeded for its trial number.
+
+        A sampler seeded once per process restarts from the same state on every resume, and
+        two workers with one seed draw the same values; trial numbers are unique in a study.
+        """
+        trial = study.ask()
+        study.sampler = _sampler(self.sampler_name, _trial_seed(self.seed, trial.number))
+        for name, dist in space.items():
+            _suggest(trial, name, dist)
+        return trial
+
     def _create_study(self, attempts: int = 6) -> Any:
         """Create or load the study. Workers started together on a fresh database race to
         create Optuna's tables; the loser retries after a short random wait."""
@@ -176,7 +225,7 @@ class NeureconOptunaSweeper(Sweeper):
             try:
                 return optuna.create_study(
                     study_name=self.study_name,
-                    storage=self.storage,
+                    storage=open_storage(self.storage),
                     sampler=_sampler(self.sampler_name, self.seed),
                     directions=self.directions,
                     load_if_exists=True,
@@ -194,7 +243,9 @@ class NeureconOptunaSweeper(Sweeper):
     def _pruning_overrides(self, trial: Any) -> tuple[str, ...]:
         if self.pruner_name is None:
             return ()
-        spec = f"{{storage:'{self.storage}',study:'{self.study_name}',trial_id:{trial._trial_id}}}"
+        # No storage URL here: it may hold credentials, and this override is saved with the
+        # trial's config and logged to W&B. Trials read it from TRIAL_STORAGE_ENV.
+        spec = f"{{study:'{self.study_name}',trial_id:{trial._trial_id}}}"
         return (f"trainer.pruning={spec}",)
 
     def _tell(self, study: Any, trial: Any, ret: Any) -> None:

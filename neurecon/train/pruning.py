@@ -1,15 +1,20 @@
 """Early stopping of hopeless sweep trials: report validation PSNR to the Optuna trial.
 
-The sweeper passes ``trainer.pruning.{storage,study,trial_id}``; reporting goes through the
-study's storage, so it works in-process, with a process-pool launcher and across machines
-sharing a database. Optuna is imported only when pruning is configured.
+The sweeper passes ``trainer.pruning.{study,trial_id}`` and the storage URL in the environment
+(``NEURECON_TRIAL_STORAGE``: it may hold credentials, which must not reach the saved config or
+W&B); reporting goes through the study's storage, so it works in-process, with a process-pool
+launcher and across machines sharing a database. Optuna is imported only when pruning is on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
+
+from neurecon.errors import ConfigError
+from neurecon.storage import TRIAL_STORAGE_ENV, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +26,12 @@ class TrialReporter:
         import optuna
 
         self.optuna = optuna
-        study = optuna.load_study(study_name=cfg["study"], storage=cfg["storage"])
+        url = cfg.get("storage") or os.environ.get(TRIAL_STORAGE_ENV)
+        if not url:
+            raise ConfigError(
+                f"trainer.pruning: no study storage (set by the sweeper in ${TRIAL_STORAGE_ENV})"
+            )
+        study = optuna.load_study(study_name=cfg["study"], storage=open_storage(url))
         self.trial = optuna.trial.Trial(study, int(cfg["trial_id"]))
 
     def report(self, step: int, value: float) -> None:
