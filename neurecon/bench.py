@@ -168,7 +168,7 @@ def _big_view(scene: Scene, width: int, height: int, rows: int) -> Scene:
     only the central ``rows`` rows when ``rows < height`` (reported as such)."""
     v = int(scene.test_ids[0])
     K = scene.K[v].clone().double()
-    s = width / scene.hw[1]
+    s = width / scene.size(v)[1]
     K[0, 0], K[1, 1] = K[0, 0] * s, K[1, 1] * s
     K[0, 2], K[1, 2] = width / 2, rows / 2
     img = np.zeros((1, rows, width, 3), np.uint8)
@@ -187,7 +187,7 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
         dt = time.perf_counter() - t0
     return {
         "val_size": f"{width}x{height}",
-        "val_rows": big.hw[0],
+        "val_rows": big.size(0)[0],
         "val_s": dt,
         "val_peak_mib": pm.mib,
         "val_chunk": run.trainer.chunk,

@@ -106,12 +106,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
     """Train one run in ``out_dir``; return the objective(s) named by ``trainer.objective``."""
     r = build(cfg)
     log.info(
-        "scene %s: %d views (%d train / %d test) at %dx%d, masks=%s",
+        "scene %s: %d views (%d train / %d test) at %s, masks=%s",
         r.scene.name,
         r.scene.num_views,
         len(r.scene.train_ids),
         len(r.scene.test_ids),
-        *r.scene.hw[::-1],
+        ", ".join(sorted({f"{w}x{h}" for h, w in r.scene.sizes.tolist()})),
         r.scene.masks is not None,
     )
     logger = make_logger(cfg, out_dir) if "logger" in cfg else None

@@ -3,9 +3,11 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import TINY, compose_cfg
 from scipy.spatial.transform import Rotation
 from test_formats import _poses
 
+from neurecon.build import build
 from neurecon.data import ColmapScene, DatasetError
 
 pytest.importorskip("pycolmap")
@@ -14,20 +16,26 @@ W, H = 64, 48
 CENTRE = np.array([0.3, -0.2, 0.1])
 
 
-def write_colmap(root, model="PINHOLE", params=(50.0, 52.0, 32.0, 24.0), n=6, image=None):
+def write_colmap(
+    root, model="PINHOLE", params=(50.0, 52.0, 32.0, 24.0), n=6, image=None, second=None
+):
+    """A text model of ``n`` images; with ``second`` = (w, h, params), odd images use a second
+    PINHOLE camera of another size."""
     sparse = root / "sparse" / "0"
     sparse.mkdir(parents=True)
     (root / "images").mkdir()
-    (sparse / "cameras.txt").write_text(
-        f"# Camera list\n1 {model} {W} {H} {' '.join(map(str, params))}\n"
-    )
+    cams = f"# Camera list\n1 {model} {W} {H} {' '.join(map(str, params))}\n"
+    if second is not None:
+        cams += f"2 PINHOLE {second[0]} {second[1]} {' '.join(map(str, second[2]))}\n"
+    (sparse / "cameras.txt").write_text(cams)
     poses, lines = _poses(n, centre=CENTRE), ["# Image list"]
     for i, c2w in enumerate(poses):
         w2c = np.linalg.inv(c2w)
         qx, qy, qz, qw = Rotation.from_matrix(w2c[:3, :3]).as_quat()
         t = w2c[:3, 3]
-        lines += [f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} 1 img_{i:02d}.png", ""]
-        img = image if image is not None else np.full((H, W, 3), 80 + 10 * i, np.uint8)
+        cam, (w, h) = (2, second[:2]) if second is not None and i % 2 else (1, (W, H))
+        lines += [f"{i + 1} {qw} {qx} {qy} {qz} {t[0]} {t[1]} {t[2]} {cam} img_{i:02d}.png", ""]
+        img = image if image is not None else np.full((h, w, 3), 80 + 10 * i, np.uint8)
         iio.imwrite(root / "images" / f"img_{i:02d}.png", img)
     (sparse / "images.txt").write_text("\n".join(lines) + "\n")
     rng = np.random.default_rng(0)
@@ -83,3 +91,18 @@ def test_colmap_errors_name_the_file(tmp_path):
     (tmp_path / "sparse" / "0" / "points3D.txt").unlink()
     with pytest.raises(DatasetError, match=r"points3D\.bin or points3D\.txt is missing"):
         ColmapScene(str(tmp_path))
+
+
+def test_two_cameras_of_different_sizes_load_and_train(tmp_path):
+    write_colmap(tmp_path / "scene", second=(40, 56, (45.0, 45.0, 20.0, 28.0)))
+    s = ColmapScene(str(tmp_path / "scene"), test_every=3)
+    assert [s.size(i) for i in range(4)] == [(H, W), (56, 40), (H, W), (56, 40)]
+    assert np.allclose(s.K[1].numpy(), [[45, 0, 19.5], [0, 45, 27.5], [0, 0, 1]])
+    keep = [o for o in TINY if not o.startswith("dataset.")]
+    cfg = compose_cfg(
+        ["dataset=colmap", f"dataset.root={tmp_path / 'scene'}", "dataset.test_every=3", *keep,
+         "trainer.max_steps=300", "trainer.mesh_resolution=0"]
+    )  # fmt: skip
+    r = build(cfg)
+    m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path / "run")
+    assert m["status"] == "completed" and np.isfinite(m["test/psnr"]) and m["steps"] == 300

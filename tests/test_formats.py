@@ -62,7 +62,7 @@ def test_blender_round_trip(tmp_path):
         assert np.allclose(s.c2w[i, :3, :3].numpy(), c2w[:3, :3], atol=1e-6)
         assert np.allclose(s.c2w[i, :3, 3].numpy(), c2w[:3, 3] / 1.5, atol=1e-6)
     # Transparent pixels show the background; alpha becomes the mask.
-    assert (s.images[0, 0, 0] == 255).all() and s.masks[0, 0, 0] == 0 and s.masks[0, 10, 10] == 255
+    assert (s.images[0, 0, 0] == 255).all() and not s.mask(0)[0, 0] and s.mask(0)[10, 10]
 
 
 def write_ngp(root, per_frame=False, missing=(), distortion=None):
@@ -106,9 +106,16 @@ def test_ngp_missing_frames_are_skipped_and_reported(tmp_path, caplog):
     assert "2 frame image(s) missing" in caplog.text and "0003.png" in caplog.text
 
 
-def test_ngp_distortion_is_rejected_with_a_message(tmp_path):
-    write_ngp(tmp_path, distortion={"k1": 0.1, "p2": 0.01})
-    with pytest.raises(DatasetError, match="frame 2 has lens distortion"):
+@pytest.mark.parametrize(
+    ("distortion", "message"),
+    [
+        ({"k1": 0.1, "k4": 0.01}, "frame 2: k4 without is_fisheye"),
+        ({"k1": 0.1, "p1": 0.01, "is_fisheye": True}, "frame 2: fisheye with tangential"),
+    ],
+)
+def test_ngp_unsupported_lens_models_are_named(tmp_path, distortion, message):
+    write_ngp(tmp_path, distortion=distortion)
+    with pytest.raises(DatasetError, match=message):
         NGPScene(str(tmp_path))
 
 

@@ -32,8 +32,10 @@ def _prepare(tmp_path):
 
 
 def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
+    """Photos of two sizes a few pixels apart (as real captures are): a single shared camera
+    would reject every other one (CAMERA_SINGLE_DIM_ERROR); all 20 must register."""
     truth = SyntheticScene(
-        resolution=320,
+        image_sizes=[[320, 320], [314, 326]],
         num_views=20,
         texture="noise",
         orbit_elevation_deg=30,
@@ -42,9 +44,10 @@ def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
     )
     (tmp_path / "photos").mkdir()
     for i in range(truth.num_views):
-        iio.imwrite(tmp_path / "photos" / f"IMG_{i:04d}.png", truth.images[i].numpy())
+        iio.imwrite(tmp_path / "photos" / f"IMG_{i:04d}.png", truth.image_u8(i))
     res = _prepare(tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "(2 size(s), one camera per size)" in res.stderr
     assert "registered 20 of 20 images" in res.stderr
     s = NeuSScene(str(tmp_path / "scene"), test_every=0, use_mask="auto")
     assert s.num_views == 20
@@ -52,8 +55,10 @@ def test_prepare_recovers_cameras_up_to_similarity(tmp_path):
     true = truth.to_world_points(truth.c2w[:, :3, 3].double().numpy())
     _, _, disparity = procrustes(true, est)  # after the best similarity transform
     assert disparity < 1e-3, disparity
-    f_true = 0.5 * 320 / math.tan(math.radians(22.5))
-    assert abs(s.K[0, 0, 0].item() / f_true - 1) < 0.05
+    for i in (0, 1):  # each size keeps its own size and focal length
+        W = truth.size(i)[1]
+        assert s.size(i) == truth.size(i)
+        assert abs(s.K[i, 0, 0].item() / (0.5 * W / math.tan(math.radians(22.5))) - 1) < 0.05
     # The scene is normalised: every camera outside the unit sphere, looking into it.
     assert (s.c2w[:, :3, 3].norm(dim=-1) > 1.0).all()
     # Never overwritten without asking.
@@ -69,4 +74,7 @@ def test_prepare_reports_how_many_images_registered(tmp_path):
     res = _prepare(tmp_path)
     assert res.returncode == 2
     assert "error: structure from motion registered" in res.stderr and "of 4 images" in res.stderr
+    err = next(ln for ln in res.stderr.splitlines() if ln.startswith("error: "))
+    assert "COLMAP said:" in err and "colmap.log" in err  # the cause COLMAP gave, not a guess
+    print(err)
     assert "Traceback" not in res.stderr

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
+from neurecon.data.distortion import downscale_valid, remap
 from neurecon.data.io import downscale_image, load_rgb
 from neurecon.data.neus import downscale_intrinsics
 from neurecon.data.posed import normalise_poses, similarity
@@ -63,24 +63,15 @@ def pinhole_K(camera) -> np.ndarray:
     return K
 
 
-def undistort(img: np.ndarray, camera, K: np.ndarray) -> np.ndarray:
-    """Resample a distorted image (H, W, C) to the pinhole camera ``K`` (bilinear)."""
+def undistort(img: np.ndarray, camera, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a distorted image (H, W, C) to the pinhole camera ``K`` (bilinear), with
+    pycolmap's projection as the distortion model. Returns the image and its validity mask."""
     H, W = img.shape[:2]
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)
     x = (u - K[0, 2]) / K[0, 0]
     y = (v - K[1, 2]) / K[1, 1]
     src = camera.img_from_cam(np.stack([x.ravel(), y.ravel(), np.ones(x.size)], 1)) - 0.5
-    out = np.empty_like(img)
-    for c in range(img.shape[2]):
-        out[..., c] = (
-            map_coordinates(
-                img[..., c].astype(np.float32), [src[:, 1], src[:, 0]], order=1, mode="nearest"
-            )
-            .reshape(H, W)
-            .round()
-            .clip(0, 255)
-        )
-    return out
+    return remap(img, src[:, 0].reshape(H, W), src[:, 1].reshape(H, W))
 
 
 class ColmapScene(Scene):
@@ -104,8 +95,13 @@ class ColmapScene(Scene):
     ) -> None:
         rootp = Path(root).expanduser()
         rec = read_model(rootp / model)
-        images, Ks, poses = [], [], []
-        for image_id in sorted(rec.images, key=lambda i: rec.images[i].name):
+        images, valid, Ks, poses = [], [], [], []
+
+        # By file name first: prepare groups photos in per-size folders, the order stays theirs.
+        def order(i: int) -> tuple[str, str]:
+            return Path(rec.images[i].name).name, rec.images[i].name
+
+        for image_id in sorted(rec.images, key=order):
             im = rec.images[image_id]
             if not im.has_pose:
                 continue
@@ -125,16 +121,17 @@ class ColmapScene(Scene):
                     f"{cam.height}x{cam.width}"
                 )
             K = pinhole_K(cam)
+            ok = None
             if not cam.model_name.endswith("PINHOLE"):
-                img = undistort(img, cam, K)
+                img, ok = undistort(img, cam, K)
             if downscale > 1:
                 img = downscale_image(img, downscale)
+                ok = None if ok is None else downscale_valid(ok, downscale)
                 K = downscale_intrinsics(K, downscale)
-            if images and img.shape != images[0].shape:
-                raise DatasetError(f"{path}: size {img.shape[:2]} differs from the other images")
             w2c = np.eye(4)
             w2c[:3] = np.asarray(im.cam_from_world().matrix())
-            images.append(img)
+            images.append(img)  # sizes may differ: one camera per size (or per image)
+            valid.append(ok)
             Ks.append(K)
             poses.append(np.linalg.inv(w2c))
         if len(images) < 2:
@@ -144,7 +141,8 @@ class ColmapScene(Scene):
         to_world = similarity(centre, radius)
         train, test = split_ids(len(images), test_every)
         super().__init__(
-            images=np.stack(images),
+            images=images,
+            valid=valid,
             K=np.stack(Ks),
             c2w=normalise_poses(np.stack(poses), to_world),
             to_world=to_world,

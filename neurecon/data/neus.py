@@ -115,13 +115,18 @@ class NeuSScene(Scene):
         K, c2w, to_world = cameras_from_neus(world_mats, scale_mats, str(cam_path))
 
         first = load_rgb(image_paths[0], downscale)
-        images = np.empty((n, *first.shape), dtype=np.uint8)  # uint8 for the whole set
+        # One uint8 array while the sizes agree (no copy into the scene); a per-image list
+        # from the first image of another size on (each camera has its own intrinsics).
+        images: np.ndarray | list[np.ndarray] = np.empty((n, *first.shape), dtype=np.uint8)
         images[0] = first
         for i, p in enumerate(image_paths[1:], start=1):
             img = load_rgb(p, downscale)
-            if img.shape != first.shape:
-                raise DatasetError(f"{p}: size {img.shape[:2]} differs from {first.shape[:2]}")
-            images[i] = img
+            if isinstance(images, np.ndarray) and img.shape != first.shape:
+                images = [a.copy() for a in images[:i]]
+            if isinstance(images, list):
+                images.append(img)
+            else:
+                images[i] = img
 
         masks = None
         if use_mask == "auto":
@@ -133,13 +138,14 @@ class NeuSScene(Scene):
                     f"{rootp / mask_dir}: {len(mask_paths)} masks for {n} images in "
                     f"{rootp / image_dir} (pairs are made by sorted order)"
                 )
-            masks = np.empty(images.shape[:3], dtype=np.uint8)
-            for i, p in enumerate(mask_paths):
+            masks = []
+            for p, img in zip(mask_paths, images, strict=True):
                 m = load_mask(p, downscale)
-                if m.shape != images.shape[1:3]:
-                    raise DatasetError(f"{p}: mask size {m.shape} != image size {first.shape[:2]}")
-                masks[i] = m
-            if masks.min() == 255:  # NeuS custom data marks "no mask" with all-255 masks
+                if m.shape != img.shape[:2]:
+                    raise DatasetError(f"{p}: mask size {m.shape} != image size {img.shape[:2]}")
+                masks.append(m)
+            # NeuS custom data marks "no mask" with all-255 masks.
+            if min(m.min() for m in masks) == 255:
                 log.info(
                     "%s: every mask is all foreground; training without masks", mask_paths[0].parent
                 )

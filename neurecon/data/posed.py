@@ -17,6 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from neurecon.data.distortion import (
+    Distortion,
+    fisheye_distortion,
+    opencv_distortion,
+    undistort,
+)
 from neurecon.data.io import composite, list_images, load_rgb, load_rgba
 from neurecon.data.neus import downscale_intrinsics
 from neurecon.data.scene import Scene, split_ids
@@ -118,8 +124,6 @@ class BlenderScene(Scene):
                 if not img_path.is_file():
                     raise DatasetError(f"{meta_path}: frame {i} image {img_path} is missing")
                 rgb, alpha = load_rgba(img_path, downscale)
-                if images and rgb.shape != images[0].shape:
-                    raise DatasetError(f"{img_path}: size {rgb.shape[:2]} differs from the rest")
                 if alpha is None:
                     alpha = np.full(rgb.shape[:2], 255, np.uint8)
                 images.append(composite(rgb, alpha, background))
@@ -132,13 +136,13 @@ class BlenderScene(Scene):
                 split["train" if name == "train" else "test"].append(len(images) - 1)
         to_world = similarity((0.0, 0.0, 0.0), radius)
         super().__init__(
-            images=np.stack(images),
+            images=images,
             K=np.stack(Ks),
             c2w=normalise_poses(np.stack(poses), to_world),
             to_world=to_world,
             train_ids=split["train"],
             test_ids=split["test"],
-            masks=np.stack(masks) if use_mask else None,
+            masks=masks if use_mask else None,
             background=background,
             name=rootp.name,
         )
@@ -146,8 +150,11 @@ class BlenderScene(Scene):
 
 class NGPScene(Scene):
     """instant-ngp ``transforms.json``: global or per-frame ``fl_x fl_y cx cy w h`` (or
-    ``camera_angle_x``), OpenGL poses. Frames whose image is missing are reported and skipped;
-    lens distortion (``k1 k2 p1 p2``) is rejected: undistort the images first.
+    ``camera_angle_x``), OpenGL poses. Frames whose image is missing are reported and skipped.
+    Frames may differ in size. Lens distortion as ``colmap2nerf.py`` writes it is undone by
+    resampling to a pinhole camera with the same intrinsics: OpenCV's ``k1 k2 p1 p2`` (and
+    ``k3``), or with ``is_fisheye`` OpenCV's fisheye ``k1 k2 k3 k4``; pixels with no source
+    data are marked invalid (kept out of the loss and the metrics), not painted black.
 
     Args:
         radius: world radius of the region of interest; null = half the median camera distance
@@ -171,15 +178,10 @@ class NGPScene(Scene):
         frames = meta.get("frames", [])
         if not frames:
             raise DatasetError(f"{meta_path}: no frames")
-        images, masks, Ks, poses, missing = [], [], [], [], []
+        images, masks, valid, Ks, poses, missing = [], [], [], [], [], []
         for i, fr in enumerate(frames):
             cam = {**meta, **fr}  # per-frame intrinsics override global ones
-            dist = {k: float(cam.get(k, 0.0)) for k in ("k1", "k2", "k3", "p1", "p2")}
-            if any(abs(v) > 1e-9 for v in dist.values()):
-                raise DatasetError(
-                    f"{meta_path}: frame {i} has lens distortion {dist}; neurecon needs "
-                    "undistorted images (e.g. COLMAP image_undistorter, then k1..p2 = 0)"
-                )
+            distort = _ngp_distortion(cam, f"{meta_path}: frame {i}")
             img_path = _image_path(rootp, fr.get("file_path", ""))
             if not img_path.is_file():
                 missing.append(str(img_path))
@@ -197,10 +199,14 @@ class NGPScene(Scene):
             # ngp's cx, cy are in continuous pixel units (centre of pixel 0 at 0.5).
             cx, cy = float(cam.get("cx", Wf / 2)) - 0.5, float(cam.get("cy", Hf / 2)) - 0.5
             K = downscale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), downscale)
-            if images and rgb.shape != images[0].shape:
-                raise DatasetError(f"{img_path}: size {rgb.shape[:2]} differs from the rest")
+            ok = None
+            if distort is not None:  # distortion is in normalised coordinates: any scale
+                rgb, ok = undistort(rgb, K, distort)
+                if alpha is not None:
+                    alpha = undistort(alpha[..., None], K, distort)[0][..., 0]
             images.append(rgb if alpha is None else composite(rgb, alpha, background))
             masks.append(None if alpha is None else np.where(alpha > 127, 255, 0).astype(np.uint8))
+            valid.append(ok)
             Ks.append(K)
             poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
         if missing:
@@ -222,16 +228,34 @@ class NGPScene(Scene):
         train, test = split_ids(len(images), test_every)
         use_masks = use_mask and all(m is not None for m in masks)
         super().__init__(
-            images=np.stack(images),
+            images=images,
             K=np.stack(Ks),
             c2w=normalise_poses(c2w, to_world),
             to_world=to_world,
             train_ids=train,
             test_ids=test,
-            masks=np.stack(masks) if use_masks else None,
+            masks=masks if use_masks else None,
             background=background,
             name=rootp.name,
+            valid=valid,
         )
+
+
+def _ngp_distortion(cam: dict[str, Any], where: str) -> Distortion | None:
+    """The frame's lens model from instant-ngp keys, or None for a pinhole camera."""
+    c = {k: float(cam.get(k, 0.0) or 0.0) for k in ("k1", "k2", "k3", "k4", "p1", "p2")}
+    if not any(abs(v) > 1e-12 for v in c.values()):
+        return None
+    if cam.get("is_fisheye", False):
+        if abs(c["p1"]) > 1e-12 or abs(c["p2"]) > 1e-12:
+            raise DatasetError(f"{where}: fisheye with tangential p1/p2 is not a model we know")
+        return fisheye_distortion(c["k1"], c["k2"], c["k3"], c["k4"])
+    if abs(c["k4"]) > 1e-12:
+        raise DatasetError(
+            f"{where}: k4 without is_fisheye (OpenCV's rational model) is not supported; "
+            "supported: OpenCV k1 k2 p1 p2 [k3], or fisheye k1..k4 with is_fisheye"
+        )
+    return opencv_distortion(c["k1"], c["k2"], c["p1"], c["p2"], c["k3"])
 
 
 def llff_to_opencv(poses: np.ndarray) -> np.ndarray:

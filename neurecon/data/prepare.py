@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import shutil
+import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -29,48 +34,116 @@ from neurecon.io import atomic_write
 log = logging.getLogger("neurecon.prepare")
 
 
-def run_sfm(images_dir: Path, work: Path, min_registered: int = 3) -> Path:
-    """COLMAP SfM into ``work``; returns the folder of the largest model."""
+@contextmanager
+def _native_stderr(path: Path) -> Iterator[None]:
+    """Capture what COLMAP's C++ logging writes to file descriptor 2 into ``path`` (so the
+    cause of a failure can be reported), then pass it on to stderr unchanged."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    sys.stderr.write(path.read_text(errors="replace"))
+    sys.stderr.flush()
+
+
+_GLOG = re.compile(r"^(?P<level>[EWF])\d{8} [\d:.]+\s+\d+\s+(?P<where>\S+)\] (?P<msg>.*)$")
+
+
+def _colmap_cause(log_file: Path, limit: int = 3) -> str:
+    """COLMAP's own words for a failure: its last distinct error lines (warnings when there
+    are none), without glog's time stamps, for the error message."""
+    if not log_file.is_file():
+        return ""
+    found: dict[str, list[str]] = {"E": [], "W": []}
+    for line in log_file.read_text(errors="replace").splitlines():
+        m = _GLOG.match(line.strip())
+        if m and "threads" not in m["msg"]:  # the advice about extraction threads is noise
+            found["E" if m["level"] in "EF" else "W"].append(m["msg"])
+    hits = list(dict.fromkeys(found["E"] or found["W"]))[-limit:]
+    return ("; COLMAP said: " + " | ".join(hits)) if hits else ""
+
+
+def group_by_size(paths: list[Path], folder: Path) -> int:
+    """Link each photo into ``folder/<H>x<W>/``; returns the number of distinct sizes.
+
+    COLMAP's ``PER_FOLDER`` camera mode then gives one camera per image size: a single camera
+    for all rejects every image whose size differs from the first (``CAMERA_SINGLE_DIM_ERROR``),
+    even by a few pixels, and one camera per image leaves the intrinsics less constrained.
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    sizes = set()
+    for p in paths:
+        h, w = iio.improps(p).shape[:2]
+        sizes.add((h, w))
+        dst = folder / f"{h}x{w}" / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dst.symlink_to(p.resolve())
+        except OSError:  # no symlinks here (some filesystems): copy
+            shutil.copy2(p, dst)
+    return len(sizes)
+
+
+def run_sfm(images_dir: Path, work: Path, min_registered: int = 3) -> tuple[Path, Path]:
+    """COLMAP SfM into ``work`` with one camera per image size; returns the folder of the
+    largest model and the images folder its image names are relative to."""
     pycolmap = _pycolmap()
-    n_images = len(list_images(images_dir))
+    paths = list_images(images_dir)
+    n_images = len(paths)
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "database.db"
+    by_size = work / "images"
+    n_sizes = group_by_size(paths, by_size)
+    db, colmap_log = work / "database.db", work / "colmap.log"
     db.unlink(missing_ok=True)
     steps = tqdm(total=3, desc="structure from motion")
-    log.info("extracting features from %d images in %s", n_images, images_dir)
-    pycolmap.extract_features(db, images_dir, camera_mode=pycolmap.CameraMode.SINGLE)
-    steps.update(1)
-    log.info("matching features (exhaustive)")
-    pycolmap.match_exhaustive(db)
-    steps.update(1)
-    log.info("incremental mapping")
-    sparse = work / "sparse"
-    shutil.rmtree(sparse, ignore_errors=True)
-    sparse.mkdir()
-    recs = pycolmap.incremental_mapping(db, images_dir, sparse)
-    steps.update(1)
+    log.info(
+        "extracting features from %d images in %s (%d size(s), one camera per size)",
+        n_images,
+        images_dir,
+        n_sizes,
+    )
+    with _native_stderr(colmap_log):
+        pycolmap.extract_features(db, by_size, camera_mode=pycolmap.CameraMode.PER_FOLDER)
+        steps.update(1)
+        with sqlite3.connect(db) as con:
+            n_extracted = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        log.info("matching features (exhaustive)")
+        pycolmap.match_exhaustive(db)
+        steps.update(1)
+        log.info("incremental mapping")
+        sparse = work / "sparse"
+        shutil.rmtree(sparse, ignore_errors=True)
+        sparse.mkdir()
+        recs = pycolmap.incremental_mapping(db, by_size, sparse)
+        steps.update(1)
     steps.close()
-    if not recs:
-        raise DatasetError(
-            f"structure from motion registered 0 of {n_images} images in {images_dir}: "
-            "the photos need more overlap and texture"
-        )
-    best_id = max(recs, key=lambda k: recs[k].num_reg_images())
-    n_reg = recs[best_id].num_reg_images()
+    lost = (
+        f"; feature extraction kept {n_extracted} of {n_images} images"
+        if n_extracted < n_images
+        else ""
+    )
+    n_reg = max((r.num_reg_images() for r in recs.values()), default=0)
     if n_reg < min_registered:
         raise DatasetError(
-            f"structure from motion registered only {n_reg} of {n_images} images in "
-            f"{images_dir} (need {min_registered}); take more overlapping photos"
+            f"structure from motion registered {'only ' if n_reg else ''}{n_reg} of "
+            f"{n_images} images in {images_dir} (need {min_registered}){lost}"
+            f"{_colmap_cause(colmap_log)} (full log: {colmap_log})"
         )
+    best_id = max(recs, key=lambda k: recs[k].num_reg_images())
     log.info("registered %d of %d images (model %d)", n_reg, n_images, best_id)
-    return sparse / str(best_id)
+    return sparse / str(best_id), by_size
 
 
 def write_neus(scene: ColmapScene, out: Path) -> None:
     """``image/000000.png …`` and ``cameras_sphere.npz`` in the NeuS/IDR convention."""
     (out / "image").mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(scene.num_views), desc="writing images"):
-        img = scene.images[i].numpy()
+        img = scene.image_u8(i)
         atomic_write(out / "image" / f"{i:06d}.png", lambda p, a=img: iio.imwrite(p, a))
     P = scene.world_projections()
     cams = {}
@@ -86,9 +159,9 @@ def prepare(
     images, out = Path(images_dir), Path(out_dir)
     if (out / "cameras_sphere.npz").exists() and not overwrite:
         raise NeuReconError(f"{out} already holds a prepared scene; pass --overwrite to redo it")
-    model = run_sfm(images, out / "colmap", min_registered)
+    model, image_dir = run_sfm(images, out / "colmap", min_registered)
     scene = ColmapScene(
-        str(out), model=str(model.relative_to(out)), image_dir=str(images.resolve()), test_every=0
+        str(out), model=str(model.relative_to(out)), image_dir=str(image_dir), test_every=0
     )
     write_neus(scene, out)
     log.info(

@@ -157,6 +157,9 @@ class SyntheticScene(Scene):
         env_background: show a procedural environment (a function of the ray direction, i.e.
             infinitely far away) instead of the constant ``background`` — for testing unmasked
             training with a background model.
+        image_sizes: null = every view ``resolution``²; else a list of ``[H, W]`` that the views
+            cycle through (mixed portrait / landscape captures), each with the focal length
+            that gives ``fov_deg`` across its width.
     """
 
     def __init__(
@@ -176,6 +179,7 @@ class SyntheticScene(Scene):
         texture: str = "smooth",
         orbit_elevation_deg: float | None = None,
         env_background: bool = False,
+        image_sizes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if texture not in TEXTURES:
             raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
@@ -204,11 +208,20 @@ class SyntheticScene(Scene):
                 1,
             )
         centre_w = np.asarray(world_offset, dtype=np.float64)
-        f = 0.5 * resolution / math.tan(math.radians(fov_deg) / 2)
-        K = np.array([[f, 0, (resolution - 1) / 2], [0, f, (resolution - 1) / 2], [0, 0, 1]])
+        sizes = [(int(h), int(w)) for h, w in (image_sizes or [(resolution, resolution)])]
+        if any(min(hw) < 8 for hw in sizes):
+            raise ConfigError(f"dataset.image_sizes: every size needs >= 8 pixels, got {sizes}")
+        sizes = [sizes[i % len(sizes)] for i in range(num_views)]
+
+        def intrinsics(H: int, W: int) -> np.ndarray:
+            f = 0.5 * W / math.tan(math.radians(fov_deg) / 2)
+            return np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+
         world_mats = [
-            compose_projection(K, look_at(centre_w + world_scale * cam_distance * dv, centre_w))
-            for dv in dirs
+            compose_projection(
+                intrinsics(*hw), look_at(centre_w + world_scale * cam_distance * dv, centre_w)
+            )
+            for dv, hw in zip(dirs, sizes, strict=True)
         ]
         train, test = split_ids(num_views, test_every)
         K_n, c2w_n, to_world = cameras_from_neus(world_mats, [to_world] * num_views, "synthetic")
@@ -216,7 +229,8 @@ class SyntheticScene(Scene):
         light = torch.tensor(light_dir, dtype=torch.float32)
         bg = torch.tensor(background, dtype=torch.float32)
         self.env_background = env_background
-        images, masks = self._render(K_n, c2w_n, resolution, light, bg)
+        self.light, self.bg = light / light.norm(), bg
+        images, masks = self._render(K_n, c2w_n, sizes)
         gt = self._surface_points(num_gt_points, seed) @ to_world[:3, :3].T + to_world[:3, 3]
         super().__init__(
             images=images,
@@ -231,28 +245,36 @@ class SyntheticScene(Scene):
             name=f"synthetic_{shape}",
         )
 
+    def render_rays(self, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact colour (B, 3) in [0, 1] and hit mask (B,) of rays (B, 3) in the normalised
+        frame: sphere tracing and Lambertian shading (tests render other cameras with it)."""
+        x, hit = sphere_trace(self.sdf, o, d)
+        n = sdf_gradient(self.sdf, x)
+        n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        shade = 0.3 + 0.7 * (n @ self.light).clamp_min(0)
+        rgb = (self.albedo(x) * shade[:, None]).clamp(0, 1)
+        back = environment(d) if self.env_background else self.bg.expand_as(rgb)
+        return torch.where(hit[:, None], rgb, back), hit
+
     def _render(
-        self, K_all: np.ndarray, c2w_all: np.ndarray, res: int, light: Tensor, bg: Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, K_all: np.ndarray, c2w_all: np.ndarray, sizes: list[tuple[int, int]]
+    ) -> tuple[np.ndarray | list[np.ndarray], np.ndarray | list[np.ndarray]]:
         """Sphere-trace every view at pixel centres (the same rays the renderer will cast)."""
-        light = light / light.norm()
-        v, u = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
-        u, v = u.reshape(-1).float(), v.reshape(-1).float()
         imgs, masks = [], []
-        for K, c2w in zip(K_all, c2w_all, strict=True):
+        for K, c2w, (H, W) in zip(K_all, c2w_all, sizes, strict=True):
+            v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
             o, d = pixel_rays(
-                torch.tensor(K, dtype=torch.float32), torch.tensor(c2w, dtype=torch.float32), u, v
+                torch.tensor(K, dtype=torch.float32),
+                torch.tensor(c2w, dtype=torch.float32),
+                u.reshape(-1).float(),
+                v.reshape(-1).float(),
             )
-            x, hit = sphere_trace(self.sdf, o, d)
-            n = sdf_gradient(self.sdf, x)
-            n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            shade = 0.3 + 0.7 * (n @ light).clamp_min(0)
-            rgb = (self.albedo(x) * shade[:, None]).clamp(0, 1)
-            back = environment(d) if self.env_background else bg.expand_as(rgb)
-            rgb = torch.where(hit[:, None], rgb, back)
-            imgs.append((rgb.reshape(res, res, 3).numpy() * 255 + 0.5).astype(np.uint8))
-            masks.append((hit.reshape(res, res).numpy() * 255).astype(np.uint8))
-        return np.stack(imgs), np.stack(masks)
+            rgb, hit = self.render_rays(o, d)
+            imgs.append((rgb.reshape(H, W, 3).numpy() * 255 + 0.5).astype(np.uint8))
+            masks.append((hit.reshape(H, W).numpy() * 255).astype(np.uint8))
+        if len(set(sizes)) == 1:
+            return np.stack(imgs), np.stack(masks)
+        return imgs, masks
 
     def _surface_points(self, n: int, seed: int) -> np.ndarray:
         """``n`` points uniformly on the exact surface (normalised frame)."""

@@ -36,14 +36,15 @@ def cull_by_masks(
     A vertex outside a view's image (or behind it) is not judged by that view.
     Args:
         world_mats: (V, 3, 4) or (V, 4, 4) world → pixel projections (DTU ``world_mat``).
-        masks: (V, H, W) bool object masks at the resolution the projections refer to.
+        masks: (V, H, W) bool object masks at the resolution the projections refer to (or a
+            sequence of per-view (H_i, W_i) masks).
         dilate: mask dilation in pixels (a square structuring element).
     """
-    _, H, W = masks.shape
     verts = np.c_[mesh.vertices, np.ones(len(mesh.vertices))]
     keep = np.ones(len(verts), dtype=bool)
     struct = np.ones((dilate, dilate), bool) if dilate > 1 else None
     for P, m in zip(world_mats, masks, strict=True):
+        H, W = m.shape
         m = binary_dilation(m, structure=struct) if struct is not None else m
         p = verts @ np.asarray(P)[:3].T
         z = p[:, 2]

@@ -461,7 +461,7 @@ class Trainer:
         """
         field.eval()
         renderer.eval()
-        H, W = scene.hw
+        H, W = scene.size(view)
         bg = scene.background.to(self.device)
 
         def render(chunk: int) -> dict[str, np.ndarray]:
@@ -494,9 +494,12 @@ class Trainer:
         per_view, lpips_missing, panels = [], None, {}
         for v in tqdm(views, disable=not self.progress, desc="render", leave=False):
             img = self.render_view(scene, field, renderer, v)
-            gt, m = scene.image(v), scene.mask(v)
+            gt, m, valid = scene.image(v), scene.mask(v), scene.valid_mask(v)
             pred = np.clip(img["color"], 0, 1)
-            row = {"view": v, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+            if valid is not None:  # no source data there (undistortion): not scored
+                pred = np.where(valid[..., None], pred, gt)  # SSIM / LPIPS see no error there
+                m = None if m is None else m & valid
+            row = {"view": v, "psnr": psnr(pred, gt, valid), "ssim": ssim(pred, gt)}
             if m is not None and m.any():
                 row["psnr_masked"] = psnr(pred, gt, m)
             if step is None and self.metrics_cfg["lpips_net"] and not lpips_missing:
@@ -575,7 +578,7 @@ class Trainer:
                     f"metrics.dtu_scan is not set and scene {scene.name!r} names none"
                 )
             scan = int(found.group(1))
-        masks = None if scene.masks is None else scene.masks.numpy() > 127
+        masks = None if scene.masks is None else [scene.mask(v) for v in range(scene.num_views)]
         d = evaluate_dtu_mesh(
             mesh,
             self.metrics_cfg["dtu_gt_root"],
