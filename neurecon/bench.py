@@ -11,6 +11,11 @@ Prints a table (and ``--json FILE``) of:
 
 Any config override works as for ``train.py`` (``encoder=hashgrid renderer.grid=null``). Targets
 are printed beside the figures; nothing here asserts.
+
+``--suite gpu --data DTU_SCAN`` is the GPU acceptance run (see README): the ``cuda`` test suite,
+then ``experiment=neus_hashgrid`` on a DTU scan under ``trainer.max_time``, reporting wall time,
+steps, time to 25 dB masked test PSNR, the final test PSNR, peak GPU memory, the projected time
+for 20k steps, and a picture of the mesh. It needs no network and keeps the installed torch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,10 +67,17 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=[*BENCH_OVERRIDES, *overrides])
 
 
-def bench_field(field: torch.nn.Module, n: int, device: torch.device, seconds: float = 3.0):
+def bench_field(
+    field: torch.nn.Module,
+    n: int,
+    device: torch.device,
+    seconds: float = 3.0,
+    amp_dtype: torch.dtype | None = None,
+):
     """Forward + backward of the field alone on ``n`` random points in the unit ball.
 
     SDF fields are differentiated twice as in training (eikonal term, normals in the colour net).
+    ``amp_dtype``: the training step's autocast dtype, so both figures use the same precision.
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g)
@@ -73,12 +86,14 @@ def bench_field(field: torch.nn.Module, n: int, device: torch.device, seconds: f
     field.to(device).train()
 
     def step() -> None:
-        out = field(x, d)
-        loss = out.color.mean()
-        grad = getattr(out, "gradient", None)
-        loss = loss + (((grad.norm(dim=-1) - 1) ** 2).mean() if grad is not None else 0.0)
-        if getattr(out, "density", None) is not None:
-            loss = loss + out.density.mean()
+        with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+            out = field(x, d)
+            loss = out.color.float().mean()
+            grad = getattr(out, "gradient", None)
+            if grad is not None:
+                loss = loss + ((grad.float().norm(dim=-1) - 1) ** 2).mean()
+            if getattr(out, "density", None) is not None:
+                loss = loss + out.density.float().mean()
         loss.backward()
         field.zero_grad(set_to_none=True)
 
@@ -97,8 +112,19 @@ def bench_field(field: torch.nn.Module, n: int, device: torch.device, seconds: f
 class _TrainProbe:
     """Trainer callback: timing without the probe's own validation renders, PSNR checks."""
 
-    def __init__(self, run, device, target: float, budget_s: float, every: int, warmup: int = 10):
+    def __init__(
+        self,
+        run,
+        device,
+        target: float,
+        budget_s: float,
+        every: int,
+        warmup: int = 10,
+        masked: bool = False,
+        stop_at_target: bool = True,
+    ):
         self.run, self.device, self.target, self.budget = run, device, target, budget_s
+        self.masked, self.stop_at_target = masked, stop_at_target
         self.every, self.warmup = every, warmup
         self.mem = PeakMemory(device)
         self.train_peak = 0.0
@@ -115,7 +141,8 @@ class _TrainProbe:
         vals = []
         for v in sc.test_ids.tolist():
             img = self.run.trainer.render_view(sc, self.run.field, self.run.renderer, v)
-            vals.append(psnr(np.clip(img["color"], 0, 1), sc.image(v)))
+            m = sc.mask(v) if self.masked else None  # inside the object mask (real scans)
+            vals.append(psnr(np.clip(img["color"], 0, 1), sc.image(v), m))
         return float(np.mean(vals))
 
     def __call__(self, step: int, stats: dict[str, Any]) -> bool:
@@ -135,13 +162,14 @@ class _TrainProbe:
             print(f"  step {step:5d}  {self.train_s:6.1f} s  test PSNR {value:5.2f} dB", flush=True)
             if value >= self.target and self.time_to_target is None:
                 self.time_to_target, self.steps_to_target = self.train_s, step
-                stop = True
+                stop = stop or self.stop_at_target
             self.mem.reset()  # the probe's renders do not count as training memory
         self.t_last = time.perf_counter()
         return stop
 
 
 def bench_training(run, device: torch.device, target: float, budget_s: float, every: int):
+    run.renderer.to(device).setup(device)  # a first-use kernel build is not training time
     probe = _TrainProbe(run, device, target, budget_s, every)
     with tempfile.TemporaryDirectory() as tmp:
         run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp, callback=probe)
@@ -192,6 +220,120 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
         "val_peak_mib": pm.mib,
         "val_chunk": run.trainer.chunk,
     }
+
+
+def run_cuda_tests(extra: list[str] | None = None) -> dict[str, str]:
+    """``python -m pytest -m cuda`` in the source checkout; test id → outcome."""
+    repo = CONF.parent
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider"]
+    res = subprocess.run([*cmd, *(extra or [])], cwd=repo, capture_output=True, text=True)
+    outcomes = {}
+    for line in res.stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"):
+            outcomes[rest.split(" - ")[0].strip()] = word
+    if res.returncode not in (0, 5) and not outcomes:
+        outcomes["pytest"] = f"exit {res.returncode}: {res.stdout[-500:]}{res.stderr[-500:]}"
+    return outcomes
+
+
+def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """The GPU acceptance run (module docstring); returns its figures."""
+    import importlib.metadata
+
+    import trimesh
+
+    from neurecon.geometry.picture import mesh_picture
+
+    if args.data is None:
+        raise ConfigError("--suite gpu needs --data PATH (a DTU scan in the NeuS format)")
+    device = resolve_device("auto")
+    if device.type != "cuda" and not args.allow_cpu:
+        raise ConfigError("--suite gpu needs a CUDA GPU (--allow-cpu to try the script on a CPU)")
+    out = Path(args.out)
+    try:
+        nerfacc_version = importlib.metadata.version("nerfacc")
+    except importlib.metadata.PackageNotFoundError:
+        nerfacc_version = "not installed"
+    res: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nerfacc": nerfacc_version,
+        "budget_s": args.budget,
+    }
+    print(
+        f"GPU acceptance on {res['device']}: torch {res['torch']}, CUDA {res['cuda']}, "
+        f"nerfacc {res['nerfacc']}",
+        flush=True,
+    )
+    if not args.skip_cuda_tests:
+        t0 = time.perf_counter()
+        res["cuda_tests"] = run_cuda_tests()
+        print(f"cuda test suite ({time.perf_counter() - t0:.0f} s):")
+        for test, outcome in res["cuda_tests"].items():
+            print(f"  {outcome:8s} {test}")
+    overrides = [
+        "experiment=neus_hashgrid",
+        "dataset=dtu",
+        f"dataset.root={args.data}",
+        f"trainer.max_time={args.budget}",
+        "trainer.progress=false",
+        "trainer.val_every=0",
+        "trainer.overwrite=true",  # the bench's own folder: a rerun replaces it
+        "logger=none",
+        "metrics.lpips_net=null",
+        *args.overrides,
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    run = build(cfg)
+    run.renderer.to(device).setup(device)  # a first-use kernel build is not training time
+    probe = _TrainProbe(
+        run, device, 25.0, math.inf, args.check_every, masked=True, stop_at_target=False
+    )
+    t0 = time.perf_counter()
+    metrics = run.trainer.fit(
+        run.scene, run.field, run.renderer, run.optimizer, out / "run", callback=probe
+    )
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    steps_per_s = probe.timed_steps / max(probe.timed_s, 1e-9)
+    res.update(
+        {
+            "wall_s": wall,
+            "status": metrics["status"],
+            "steps": metrics["steps"],
+            "train_s": metrics.get("train_time_s"),
+            "steps_per_s": steps_per_s,
+            "projected_20k_steps_s": 20000 / max(steps_per_s, 1e-9),
+            "time_to_25db_masked_s": probe.time_to_target,
+            "steps_to_25db_masked": probe.steps_to_target,
+            "test_psnr": metrics.get("test/psnr"),
+            "test_psnr_masked": metrics.get("test/psnr_masked"),
+            "peak_gpu_mib": peak,
+            "psnr_curve": probe.curve,
+        }
+    )
+    mesh_file = out / "run" / "mesh.ply"
+    if mesh_file.is_file():
+        res["mesh_picture"] = str(mesh_picture(trimesh.load(mesh_file), out / "mesh.png"))
+    rows = [
+        ("wall time (train + eval)", _fmt(wall, " s")),
+        ("steps done", f"{res['steps']} ({res['status']})"),
+        ("steps/s", _fmt(steps_per_s)),
+        ("projected 20k steps", _fmt(res["projected_20k_steps_s"], " s") + "  (target <= 300 s)"),
+        ("time to 25 dB (masked)", _fmt(probe.time_to_target, " s")),
+        (
+            "final test PSNR",
+            f"{_fmt(res['test_psnr'], ' dB')} (masked {_fmt(res['test_psnr_masked'], ' dB')})",
+        ),
+        ("peak GPU memory", _fmt(peak, " MiB") if peak is not None else "n/a (cpu)"),
+        ("mesh picture", res.get("mesh_picture", "none (no mesh)")),
+    ]
+    w = max(len(a) for a, _ in rows)
+    print("\n".join(f"{a:<{w}}  {b}" for a, b in rows))
+    return res
 
 
 def _fmt(v: Any, unit: str = "") -> str:
@@ -245,12 +387,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--psnr-target", type=float, default=25.0)
-    ap.add_argument("--budget", type=float, default=150.0, help="max training seconds")
+    ap.add_argument(
+        "--budget", type=float, help="max training seconds (speed: 150; gpu: 240, in 6 min wall)"
+    )
     ap.add_argument("--check-every", type=int, default=50, help="steps between PSNR checks")
     ap.add_argument("--points", type=int, default=32768, help="points for the field benchmark")
     ap.add_argument("--val-size", default="1600x1200", help="WIDTHxHEIGHT of the validation view")
     ap.add_argument("--val-rows", type=int, default=0, help="render only the central rows (0: all)")
+    ap.add_argument("--suite", choices=("speed", "gpu"), default="speed")
+    ap.add_argument("--data", help="--suite gpu: a DTU scan folder in the NeuS format")
+    ap.add_argument("--out", default="bench_gpu", help="--suite gpu: output folder")
+    ap.add_argument("--skip-cuda-tests", action="store_true", help="--suite gpu: train only")
+    ap.add_argument("--allow-cpu", action="store_true", help="--suite gpu: try it on a CPU")
     args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = 240.0 if args.suite == "gpu" else 150.0
+    if args.suite == "gpu":
+        try:
+            res = gpu_suite(args)
+        except (NeuReconError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        write_json(Path(args.out) / "gpu_suite.json", res)
+        if args.json:
+            write_json(args.json, res)
+        print(f"wrote {Path(args.out) / 'gpu_suite.json'}")
+        failed = [t for t, o in res.get("cuda_tests", {}).items() if o in ("FAILED", "ERROR")]
+        return 1 if failed or res["status"] not in ("completed", "time_limit") else 0
     try:
         width, height = (int(s) for s in args.val_size.lower().split("x"))
         cfg = compose_config(args.overrides)
@@ -264,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         }
         print(f"neurecon.bench on {res['device']} ({res['threads']} threads), torch {res['torch']}")
-        res.update(bench_field(run.field, args.points, device))
+        res.update(bench_field(run.field, args.points, device, amp_dtype=run.trainer.amp_dtype))
         # The field benchmark touched the parameters' grads only; train from the same init.
         run = build(cfg)
         res.update(bench_training(run, device, args.psnr_target, args.budget, args.check_every))

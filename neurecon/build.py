@@ -122,7 +122,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
     finally:
         if logger is not None:
             logger.finish(status)
-    if metrics["status"] != "completed":
+    if metrics["status"] == "time_limit":
+        log.warning("run stopped early: %s", metrics.get("stop_reason"))
+    elif metrics["status"] != "completed":
         log.error("run finished with status %r: %s", metrics["status"], metrics.get("error"))
     objectives = r.trainer.objective
     names = [objectives] if isinstance(objectives, str) else list(objectives)

@@ -1,10 +1,15 @@
+import ctypes
+import ctypes.util
 import importlib.util
 import math
+import sys
+import types
 
 import pytest
 import torch
+from torch import nn
 
-from neurecon.encoders import FrequencyEncoder, HashGridEncoder, SphericalHarmonicsEncoder
+from neurecon.encoders import FrequencyEncoder, HashGridEncoder, SphericalHarmonicsEncoder, hashgrid
 from neurecon.errors import ConfigError
 
 
@@ -79,19 +84,85 @@ def test_hashgrid_level_layout_follows_tiny_cuda_nn():
     assert enc.embeddings.numel() == int(enc.sizes.sum()) * 2
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and importlib.util.find_spec("tinycudann")),
     reason="needs CUDA and tinycudann",
 )
 def test_hashgrid_torch_and_tcnn_backends_agree():  # pragma: no cover - GPU machines only
+    """Same parameters, same encoding; and checkpoints move between the backends both ways."""
     kw = {"n_levels": 8, "log2_table_size": 15, "max_resolution": 512, "include_input": False}
     ref = HashGridEncoder(backend="torch", **kw).cuda()
     fast = HashGridEncoder(backend="tcnn", **kw).cuda()
     with torch.no_grad():
         ref.embeddings.normal_()
-        fast.tcnn.params.copy_(ref.embeddings.flatten())
+    fast.load_state_dict(ref.state_dict())
     x = torch.rand(4096, 3, device="cuda") * 2 - 1
     assert torch.allclose(fast(x), ref(x), atol=2e-3, rtol=1e-2)  # tcnn computes in fp16
+    back = HashGridEncoder(backend="torch", **kw).cuda()
+    back.load_state_dict(fast.state_dict())
+    assert torch.equal(back.embeddings, ref.embeddings)
+
+
+def _libm_level_resolution(level: int, per_level_scale: float, base: int) -> int:
+    """tiny-cuda-nn's host code, through the C library's float functions (log2f, exp2f,
+    ceilf): an independent reference for our numpy float32 version."""
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    for name in ("log2f", "exp2f", "ceilf"):
+        getattr(libm, name).restype = ctypes.c_float
+        getattr(libm, name).argtypes = [ctypes.c_float]
+    f = ctypes.c_float
+    log2s = f(libm.log2f(f(per_level_scale))).value
+    scale = f(f(libm.exp2f(f(f(level).value * log2s))).value * base).value - 1.0
+    return int(libm.ceilf(f(scale))) + 1
+
+
+@pytest.mark.parametrize("max_resolution", [512, 1024, 2048])
+def test_hashgrid_levels_match_tcnn_float32_formula(max_resolution):
+    enc = HashGridEncoder(n_levels=16, log2_table_size=19, max_resolution=max_resolution)
+    ref = [_libm_level_resolution(i, enc.per_level_scale, 16) for i in range(16)]
+    assert enc.res.tolist() == ref
+    # The float64 formula used before disagreed on some level for 512 and 1024.
+    f64 = [math.ceil(2.0 ** (i * math.log2(enc.per_level_scale)) * 16 - 1.0) + 1 for i in range(16)]
+    if max_resolution in (512, 1024):
+        assert f64 != ref, "this configuration no longer exercises the float32 rounding"
+
+
+def test_hashgrid_checkpoints_move_between_torch_and_tcnn(monkeypatch):
+    """A run trained with backend=tcnn loads where tinycudann is missing, and back. On CPU a
+    stand-in tinycudann.Encoding (a flat ``params`` vector, as the real one) plays tcnn."""
+
+    class FakeEncoding(nn.Module):
+        def __init__(self, n_input_dims, config, dtype=torch.float32):
+            super().__init__()
+            self.params = nn.Parameter(torch.zeros(self.size, dtype=dtype))
+
+    kw = {"n_levels": 6, "log2_table_size": 12, "max_resolution": 256, "include_input": False}
+    FakeEncoding.size = HashGridEncoder(**kw).n_params
+    monkeypatch.setitem(sys.modules, "tinycudann", types.SimpleNamespace(Encoding=FakeEncoding))
+    monkeypatch.setattr(hashgrid, "tcnn_available", lambda: True)
+    tc = HashGridEncoder(backend="tcnn", **kw)
+    assert tc.tcnn is not None
+    with torch.no_grad():
+        tc.tcnn.params.normal_()
+    sd = tc.state_dict()
+    assert list(sd) == ["embeddings"] and sd["embeddings"].shape == (tc.n_params // 2, 2)
+    th = HashGridEncoder(backend="torch", **kw)
+    th.load_state_dict(sd)  # strict
+    assert torch.equal(th.embeddings.flatten(), tc.tcnn.params)
+    tc2 = HashGridEncoder(backend="tcnn", **kw)
+    tc2.load_state_dict(th.state_dict())
+    assert torch.equal(tc2.tcnn.params, tc.tcnn.params)
+    tc2.load_state_dict({"tcnn.params": tc.tcnn.params.detach().clone()})  # older tcnn files
+    th.load_state_dict({"tcnn.params": tc.tcnn.params.detach().clone()})
+    with pytest.raises(ConfigError, match="checkpoint hash table has"):
+        HashGridEncoder(backend="torch", **{**kw, "n_levels": 4}).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("n_features", [3, 16])
+def test_hashgrid_rejects_feature_counts_tcnn_cannot_run(n_features):
+    with pytest.raises(ConfigError, match=r"n_features=\d+: tiny-cuda-nn"):
+        HashGridEncoder(n_features=n_features)
 
 
 def test_hashgrid_rejects_unknown_backend():
@@ -106,3 +177,12 @@ def test_sh_basis_is_orthonormal():
     Y = SphericalHarmonicsEncoder(degree=4)(d)
     gram = Y.T @ Y * (4 * math.pi / d.shape[0])
     assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.02)
+
+
+def test_hashgrid_encodes_an_empty_batch():
+    """No point at all (no ray met an occupied cell): an empty encoding, not a crash (a DTU
+    run with the hash-grid preset died here before validation)."""
+    enc = HashGridEncoder(n_levels=4, log2_table_size=10, max_resolution=64)
+    out = enc(torch.zeros(0, 3, requires_grad=True))
+    assert out.shape == (0, enc.out_dim)
+    out.sum().backward()

@@ -11,7 +11,7 @@ from conftest import REPO, TINY
 
 from neurecon.train.lock import acquire, release
 
-STEPS = 400
+STEPS = 300
 ARGS = [*TINY, "dataset.shape=sphere", "trainer.ckpt_every=10"]
 
 

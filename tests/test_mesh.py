@@ -25,3 +25,25 @@ def test_no_surface_is_a_clear_error():
         extract_mesh(lambda x: torch.ones(x.shape[0]), np.eye(4), resolution=16)
     with pytest.raises(MeshExtractionError, match="non-finite"):
         extract_mesh(lambda x: torch.full((x.shape[0],), float("nan")), np.eye(4), resolution=16)
+
+
+def test_mesh_picture_frames_an_off_centre_scaled_object(tmp_path):
+    """The picture is framed on the mesh itself: a sphere far from the origin and far from
+    unit size appears whole and centred in each of the three panels."""
+    import imageio.v3 as iio
+    import trimesh
+
+    from neurecon.geometry.picture import mesh_picture
+
+    mesh = trimesh.creation.icosphere(subdivisions=5, radius=37.0)
+    mesh.apply_translation([500.0, -300.0, 120.0])
+    path = mesh_picture(mesh, tmp_path / "mesh.png", size=128)
+    img = iio.imread(path)
+    assert img.shape == (128, 3 * 128, 3)
+    for k in range(3):
+        fg = (img[:, k * 128 : (k + 1) * 128] < 250).any(-1)  # not the white background
+        rows, cols = np.nonzero(fg)
+        assert 0.8 < fg.mean() / (np.pi / 4 * 0.94**2) < 1.2  # a disc of ~94 % of the width
+        assert rows.min() > 0 and cols.min() > 0 and rows.max() < 127 and cols.max() < 127
+        assert abs(rows.mean() - 63.5) < 3 and abs(cols.mean() - 63.5) < 3
+        assert len(np.unique(img[rows, cols + k * 128, 0])) > 10  # shaded, not flat

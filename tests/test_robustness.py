@@ -129,7 +129,8 @@ def _cli(out, *overrides):
 
 def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
     out = tmp_path / "run"
-    for delay in (6.0, 6.7, 7.3):  # land inside saves: one every step
+    for delay in (0.05, 0.17, 0.31):  # after training is under way: land inside saves
+        before = set((out / "checkpoints").glob("step_*.ckpt"))
         proc = subprocess.Popen(
             _cli(
                 out,
@@ -142,6 +143,11 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        deadline = time.time() + 180  # start-up time varies with the machine's load
+        while time.time() < deadline and not (
+            set((out / "checkpoints").glob("step_*.ckpt")) - before
+        ):
+            time.sleep(0.02)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -222,11 +228,55 @@ def test_finished_run_is_never_overwritten(tmp_path):
         ("field.variance_init=inf", "field.variance_init must be finite"),
         ("renderer.n_samples=1", "need n_samples >= 2"),
         ("trainer.use_mask=maybe", "trainer.use_mask='maybe'; choose auto, true or false"),
+        ("trainer.max_time=0", "trainer.max_time must be > 0 seconds or null"),
     ],
 )
 def test_bad_config_values_are_named(tmp_path, override, message):
     with pytest.raises(NeuReconError, match=message.replace("(", r"\(").replace("[", r"\[")):
         _fit(tmp_path, "trainer.max_steps=2", override)
+
+
+def test_fp16_persistent_nan_gradient_is_not_a_completed_run(tmp_path):
+    """A NaN gradient with a finite loss, every step from 10 on: GradScaler skips each step and
+    lowers its scale; once below 1 the skips count as bad steps, so the guard rolls back and
+    finally stops, instead of ending "completed" having learned nothing. (fp16 autocast runs
+    on CPU too, so the logic is tested here; the cuda suite runs it on a GPU.)"""
+    run = build(
+        compose_cfg(
+            [*FAST, "trainer.max_steps=60", "trainer.guard.snapshot_every=5",
+             "trainer.faults.nan_grad_at=[" + ",".join(map(str, range(10, 400))) + "]"]
+        )
+    )  # fmt: skip
+    run.trainer.precision = "fp16"  # Trainer() turns fp16 into fp32 on CPU; force it
+    with pytest.raises(TrainingDiverged):
+        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "diverged" and m["guard/rollbacks"] == 3
+    assert {e["cause"] for e in m["guard/log"]} == {"grad"}
+
+
+def test_fp16_scaler_state_is_checkpointed_and_fp32_builds_no_scaler(tmp_path):
+    run = build(compose_cfg([*FAST, "trainer.max_steps=6", "trainer.ckpt_every=3"]))
+    run.trainer.precision = "fp16"
+    run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "a")
+    state = load_checkpoint(tmp_path / "a" / "checkpoints" / "step_0000006.ckpt")
+    assert state["scaler"]["scale"] == run.trainer.scaler.get_scale()
+    run, m = _fit(tmp_path / "b", "trainer.max_steps=3")
+    assert run.trainer.scaler is None and m["status"] == "completed"
+
+
+def test_max_time_stops_training_and_still_evaluates(tmp_path):
+    _, m = _fit(
+        tmp_path, "trainer.max_steps=100000", "trainer.max_time=4", "trainer.mesh_resolution=32"
+    )
+    assert m["status"] == "time_limit" and 0 < m["steps"] < 100000
+    assert m["stop_reason"] == f"trainer.max_time=4s reached at step {m['steps']}"
+    assert 4.0 <= m["train_time_s"] < 30 and np.isfinite(m["test/psnr"])
+    assert (tmp_path / "mesh.ply").is_file() and "chamfer/mean" in m
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["status"] == "time_limit"
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / f"step_{m['steps']:07d}.ckpt")
+    assert ckpt["elapsed_s"] >= 4.0  # the budget counts across resumes
 
 
 def test_use_mask_true_on_a_scene_without_masks_is_an_error(tmp_path):

@@ -116,18 +116,20 @@ def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
     res = _sweep(
         sweep_dir,
         "sweep=lr_inv_s",
-        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_trials=2",
         "hydra.sweeper.pruner=median",
         "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'",
         "hydra.sweeper.study_name=secret",
         "trainer.val_every=5",
+        "trainer.max_steps=10",
+        "trainer.mesh_resolution=0",
         "logger=wandb",
         "logger.mode=offline",
         env={"NEURECON_STORAGE": postgres.full_url},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="secret", storage=postgres.full_url)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
     assert all(t.intermediate_values for t in study.trials)  # reported through the storage
     assert list(sweep_dir.glob("trial_*/wandb/offline-run-*"))  # W&B files exist and are read
     assert _files_containing(sweep_dir, postgres.password) == []
@@ -158,6 +160,9 @@ def test_four_parallel_workers_lose_and_repeat_nothing_then_resume(tmp_path):
         "logger=none",
         f"hydra.sweeper.storage={journal}",
         "hydra.sweeper.study_name=par",
+        "trainer.max_steps=5",  # the point is the study, not the training
+        "trainer.mesh_resolution=0",
+        "trainer.objective=test/psnr",
     ]
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(_sweep, tmp_path / f"w{i}", *args) for i in range(4)]

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -22,6 +23,21 @@ log = logging.getLogger(__name__)
 
 _PRIMES = (1, 2654435761, 805459861)
 BACKENDS = ("torch", "tcnn")
+N_FEATURES = (1, 2, 4, 8)  # what tiny-cuda-nn's HashGrid accepts
+
+
+def tcnn_level_grid(level: int, per_level_scale: float, base_resolution: int) -> tuple[float, int]:
+    """(scale, resolution) of one level exactly as tiny-cuda-nn computes them: in float32.
+
+    ``grid_scale = exp2f(level * log2f(per_level_scale)) * base_resolution - 1`` and
+    ``resolution = ceilf(scale) + 1`` (tiny-cuda-nn ``grid.h``; the config's per_level_scale is
+    read as a float). In float64 some dense levels of max_resolution 512 / 1024 land one cell
+    off (64 vs 65), and the layout no longer matches tcnn's.
+    """
+    f32 = np.float32
+    log2_scale = f32(np.log2(f32(per_level_scale)))
+    scale = f32(np.exp2(f32(f32(level) * log2_scale)) * f32(base_resolution)) - f32(1.0)
+    return float(scale), int(np.ceil(scale)) + 1
 
 
 def tcnn_available() -> bool:
@@ -64,8 +80,12 @@ class HashGridEncoder(nn.Module):
             raise ConfigError("encoder: the hash grid encodes 3-D positions (in_dim=3)")
         if backend not in BACKENDS:
             raise ConfigError(f"encoder.backend={backend!r} is unknown; choose from {BACKENDS}")
-        if n_levels < 1 or n_features < 1 or base_resolution < 2:
-            raise ConfigError("encoder: need n_levels >= 1, n_features >= 1, base_resolution >= 2")
+        if n_levels < 1 or base_resolution < 2:
+            raise ConfigError("encoder: need n_levels >= 1 and base_resolution >= 2")
+        if n_features not in N_FEATURES:
+            raise ConfigError(
+                f"encoder.n_features={n_features}: tiny-cuda-nn's hash grid takes {N_FEATURES}"
+            )
         self.in_dim, self.bound, self.include_input = in_dim, bound, include_input
         self.n_levels, self.n_features = n_levels, n_features
         self.per_level_scale = (
@@ -76,9 +96,7 @@ class HashGridEncoder(nn.Module):
         table = 2**log2_table_size
         scales, res, sizes, dense = [], [], [], []
         for lvl in range(n_levels):
-            # tiny-cuda-nn: scale = 2^(l·log2 s)·N_min − 1, resolution = ⌈scale⌉ + 1.
-            scale = 2.0 ** (lvl * math.log2(self.per_level_scale)) * base_resolution - 1.0
-            r = math.ceil(scale) + 1
+            scale, r = tcnn_level_grid(lvl, self.per_level_scale, base_resolution)
             n_dense = r**3
             size = min(table, n_dense)
             size = (size + 7) // 8 * 8  # tiny-cuda-nn rounds every table up to 8 entries
@@ -120,6 +138,30 @@ class HashGridEncoder(nn.Module):
             self.embeddings = nn.Parameter(
                 torch.empty(offsets[-1], n_features).uniform_(-1e-4, 1e-4)
             )
+        self.n_params = offsets[-1] * n_features
+        # One checkpoint format for both backends: the table is saved as ``embeddings``
+        # (entries, features) — the layout is the same, only tcnn keeps it flat as tcnn.params.
+        self._register_state_dict_hook(HashGridEncoder._save_as_embeddings)
+
+    @staticmethod
+    def _save_as_embeddings(module: HashGridEncoder, state: dict, prefix: str, local_meta) -> None:
+        key = prefix + "tcnn.params"
+        if key in state:
+            state[prefix + "embeddings"] = state.pop(key).reshape(-1, module.n_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        emb, flat = prefix + "embeddings", prefix + "tcnn.params"
+        if self.tcnn is not None and emb in state_dict:
+            state_dict[flat] = state_dict.pop(emb).reshape(-1)
+        elif self.tcnn is None and flat in state_dict:  # a checkpoint from an older tcnn run
+            state_dict[emb] = state_dict.pop(flat).reshape(-1, self.n_features)
+        for k, t in list(state_dict.items()):
+            if k in (emb, flat) and t.numel() != self.n_params:
+                raise ConfigError(
+                    f"encoder: checkpoint hash table has {t.numel()} values, this encoder "
+                    f"{self.n_params} (different levels, features or table size?)"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _encode_torch(self, u: Tensor) -> Tensor:
         """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops.
@@ -129,6 +171,8 @@ class HashGridEncoder(nn.Module):
         memory traffic (and time on CPUs).
         """
         L, N = self.n_levels, u.shape[0]
+        if N == 0:  # e.g. no ray met an occupied cell: view() cannot infer a size from nothing
+            return u.new_zeros(0, L * self.n_features) + 0 * self.embeddings.sum()
         pos = u[None] * self.scale[:, None, None] + 0.5  # (L, N, 3)
         base = pos.floor()
         frac = pos - base

@@ -160,6 +160,12 @@ class SphereRenderer(nn.Module):
         if self.grid is not None and field is not None:
             self._refresh_grid(step, field)
 
+    def setup(self, device: torch.device) -> None:
+        """Called once before training or rendering on ``device``: resolves (and proves) the
+        grid's marching backend, so a first-use kernel build is not timed as training."""
+        if self.grid is not None:
+            self.grid.resolve_backend(device)
+
     def ensure_grid(self, field: nn.Module) -> None:
         """Refresh a grid that has never seen the field (e.g. one loaded without grid state)."""
         if self.grid is not None and not bool(self.grid.occs.any()):

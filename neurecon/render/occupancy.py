@@ -7,8 +7,14 @@ step and only samples in occupied cells are kept, in the *packed* layout nerfacc
 ``ray_indices`` (N,), ``t_starts`` / ``t_ends`` (N,), sorted by ray then distance.
 
 Backends: ``torch`` (any device) and ``nerfacc`` (its CUDA grid traversal, CUDA tensors only).
-``auto`` picks nerfacc on CUDA when it is installed. nerfacc is imported only when a CUDA
-march actually runs — never on CPU, where its kernels raise ``NotImplementedError``.
+``auto`` picks nerfacc on CUDA only after proving it with a tiny real call (:func:`probe_nerfacc`):
+the PyPI wheel ships no compiled kernels and builds them on first use (nvcc + ninja), or
+leaves them ``None`` and fails on the first march. The probe runs once per process, before
+training time starts (``SphereRenderer.setup``), so a kernel build is never timed as training.
+nerfacc is never imported on CPU, where its kernels raise ``NotImplementedError``.
+
+The nerfacc estimator is helper state, rebuilt from ``binary`` at every march: it is kept out
+of the module tree, so checkpoints of CUDA runs have the same keys as CPU runs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,34 @@ def nerfacc_available() -> bool:
     import importlib.util
 
     return torch.cuda.is_available() and importlib.util.find_spec("nerfacc") is not None
+
+
+_PROBED: dict[str, str | None] = {}  # device → None (nerfacc works) or why it does not
+
+
+def probe_nerfacc(device: torch.device | str) -> str | None:
+    """Prove nerfacc's grid traversal on ``device`` with one tiny march (once per process).
+
+    Returns None when it works, else the error (a missing package, kernels that failed to
+    build, a CPU device). The first call may compile nerfacc's CUDA kernels.
+    """
+    key = str(device)
+    if key not in _PROBED:
+        try:
+            import nerfacc
+
+            est = nerfacc.OccGridEstimator(
+                roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=4, levels=1
+            ).to(device)
+            o = torch.tensor([[0.0, 0.0, -2.0]], device=device)
+            d = torch.tensor([[0.0, 0.0, 1.0]], device=device)
+            t0 = est.sampling(o, d, render_step_size=0.5)[1]
+            if len(t0) == 0:
+                raise RuntimeError("the test ray through the grid gave no samples")
+            _PROBED[key] = None
+        except Exception as e:  # ImportError, the kernels' AttributeError, build errors, ...
+            _PROBED[key] = f"{type(e).__name__}: {e}"
+    return _PROBED[key]
 
 
 class OccupancyGrid(nn.Module):
@@ -83,8 +117,16 @@ class OccupancyGrid(nn.Module):
         # No refresh yet: every cell is marched (binary), none has a value (occs).
         self.register_buffer("occs", torch.zeros(R, R, R))
         self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool))
-        self._estimator = None  # nerfacc.OccGridEstimator, built lazily on CUDA
+        # nerfacc.OccGridEstimator, built lazily on CUDA. A one-element list, not an attribute:
+        # nn.Module would register it as a submodule and its buffers would enter state_dict.
+        self._estimator: list[nn.Module] = []
         self._warned = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the estimator was kept out of the tree carry its buffers.
+        for k in [k for k in state_dict if k.startswith(prefix + "_estimator.")]:
+            del state_dict[k]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ grid refresh
     @property
@@ -139,21 +181,34 @@ class OccupancyGrid(nn.Module):
         return self.binary[ijk[..., 0], ijk[..., 1], ijk[..., 2]] & inside
 
     # ------------------------------------------------------------------ marching
-    def _resolved_backend(self, device: torch.device) -> str:
-        if self.backend == "torch" or device.type != "cuda":
-            if self.backend == "nerfacc" and not self._warned:
-                log.warning("renderer.grid.backend=nerfacc needs CUDA; using the torch backend")
-                self._warned = True
-            return "torch"
-        if nerfacc_available():
-            return "nerfacc"
-        if self.backend == "nerfacc" and not self._warned:
-            log.warning(
-                "renderer.grid.backend=nerfacc but nerfacc is not installed "
-                "(pip install nerfacc); using the torch backend"
-            )
+    def _warn_once(self, msg: str, *args: Any) -> None:
+        if not self._warned:
+            log.warning(msg, *args)
             self._warned = True
-        return "torch"
+
+    def resolve_backend(self, device: torch.device) -> str:
+        """The backend marches on ``device`` will use; proves nerfacc first (see module doc)."""
+        if self.backend == "torch" or device.type != "cuda":
+            if self.backend == "nerfacc":
+                self._warn_once("renderer.grid.backend=nerfacc needs CUDA; using the torch backend")
+            return "torch"
+        if not nerfacc_available():
+            if self.backend == "nerfacc":
+                self._warn_once(
+                    "renderer.grid.backend=nerfacc but nerfacc is not installed "
+                    "(pip install nerfacc); using the torch backend"
+                )
+            return "torch"
+        error = probe_nerfacc(device)
+        if error is not None:
+            self._warn_once(
+                "renderer.grid.backend=%s: nerfacc is installed but does not run here (%s; its "
+                "CUDA kernels need nvcc and ninja to build); using the torch backend",
+                self.backend,
+                error,
+            )
+            return "torch"
+        return "nerfacc"
 
     @torch.no_grad()
     def march(
@@ -164,7 +219,7 @@ class OccupancyGrid(nn.Module):
         Shapes: o, d (B, 3); near, far (B,) → ray_indices (N,) long, t_starts, t_ends (N,).
         ``perturb`` shifts each ray's sample grid by a random fraction of a step.
         """
-        if self._resolved_backend(o.device) == "nerfacc":
+        if self.resolve_backend(o.device) == "nerfacc":
             return self._march_nerfacc(o, d, near, far, perturb)
         dt = self.step_size
         near, far = self._clip_to_occupied_box(o, d, near, far)
@@ -202,13 +257,15 @@ class OccupancyGrid(nn.Module):
         return near2, torch.maximum(far2, near2)  # empty interval where the ray misses the box
 
     def _march_nerfacc(self, o, d, near, far, perturb):
-        if self._estimator is None:
+        if not self._estimator:
             import nerfacc  # CUDA-only path; never reached on CPU
 
-            self._estimator = nerfacc.OccGridEstimator(
-                roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=self.resolution, levels=1
-            ).to(o.device)
-        est = self._estimator
+            self._estimator.append(
+                nerfacc.OccGridEstimator(
+                    roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=self.resolution, levels=1
+                ).to(o.device)
+            )
+        est = self._estimator[0]
         est.binaries = self.binary[None].contiguous()  # our refresh rule, nerfacc's traversal
         ray, t0, t1 = est.sampling(
             o.contiguous(),

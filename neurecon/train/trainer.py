@@ -81,6 +81,10 @@ class Trainer:
             rollback, so a fault fires once): ``nan_loss_at``, ``nan_grad_at``, ``nan_param_at``
             (lists) and ``nan_loss_from`` (every iteration from then on).
         resume: ``never``, ``auto`` (newest checkpoint in the run dir, if any) or a file path.
+        max_time: wall-clock budget for training in seconds (null: none), counted across
+            resumes. At the budget the run stops training, saves a checkpoint, and still
+            validates, meshes and writes ``metrics.json`` with status ``time_limit`` and the
+            reason in ``stop_reason`` (sweeps give every trial the same time this way).
         overwrite: allow writing into a run dir that already holds a finished run.
         pruning: set by the Optuna sweeper (``storage``, ``study``, ``trial_id``, ``metric``):
             validation results are reported to the trial, which may be pruned.
@@ -115,6 +119,7 @@ class Trainer:
         guard: Mapping[str, Any] | None = None,
         faults: Mapping[str, Any] | None = None,
         resume: str = "never",
+        max_time: float | None = None,
         overwrite: bool = False,
         metrics: Mapping[str, Any] | None = None,
         pruning: Mapping[str, Any] | None = None,
@@ -157,7 +162,12 @@ class Trainer:
             raise ConfigError(f"trainer.faults: unknown {sorted(set(self.faults) - _FAULT_KEYS)}")
         if resume not in ("never", "auto") and not Path(resume).is_file():
             raise ConfigError(f"trainer.resume: checkpoint {resume} does not exist")
+        if max_time is not None and not float(max_time) > 0:
+            raise ConfigError(f"trainer.max_time must be > 0 seconds or null, got {max_time}")
         self.resume, self.overwrite = resume, overwrite
+        self.max_time = None if max_time is None else float(max_time)
+        self.stop_reason: str | None = None  # set when training ends before max_steps
+        self.step = 0  # the last step trained
         self.history: list[dict[str, float]] = []  # logged every ``log_every`` steps
         self.logger: Any = NoneLogger()
         mcfg = {"lpips_net": "alex", "dtu_gt_root": None, "dtu_scan": None, "dtu_mask_dilate": 12}
@@ -168,6 +178,12 @@ class Trainer:
         self.metrics_cfg = mcfg
         self.pruning = dict(pruning or {})
         self.reporter = None
+        self.scaler: torch.amp.GradScaler | None = None  # fp16 only, built in fit
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of training steps (None: fp32)."""
+        return _PRECISIONS[self.precision]
 
     # ------------------------------------------------------------------ training
     def _losses(self, out: RenderOutput, rgb: torch.Tensor, mask: torch.Tensor | None):
@@ -228,6 +244,7 @@ class Trainer:
             "elapsed_s": elapsed,
             "batch_rays": self.rays,
             "renderer": renderer.state_dict(),  # e.g. the occupancy grid; may be empty
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -242,6 +259,8 @@ class Trainer:
         self.rays = int(state.get("batch_rays", self.batch_rays))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if rng:
             torch.set_rng_state(state["rng"]["torch"].cpu())
             gen.set_state(state["rng"]["rays"].cpu())
@@ -283,8 +302,11 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.seed)
         field.to(self.device)
         renderer.to(self.device)
+        renderer.setup(self.device)  # may build CUDA kernels: before the training clock starts
         self.rays = self.batch_rays
         opt, sched = optimizer.build(field, self.max_steps)
+        # Only fp16 needs loss scaling; fp32 / bf16 runs never build a GradScaler.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         step, elapsed = 0, 0.0
         if resume_from is not None:
             state = load_checkpoint(resume_from, self.device)
@@ -296,15 +318,17 @@ class Trainer:
         self.reporter = make_reporter(self.pruning)
         try:
             train_time = self._train_loop(
-                scene, field, renderer, opt, sched, gen, out, step, callback
+                scene, field, renderer, opt, sched, gen, out, step, elapsed, callback
             )
         except TrainingDiverged as e:
             m = self._base_metrics(scene, "diverged", str(e))
             write_json(out / "metrics.json", m)
             self.logger.log_summary(m)
             raise
-        metrics = self._base_metrics(scene, "completed")
-        metrics["train_time_s"] = elapsed + train_time
+        metrics = self._base_metrics(scene, "time_limit" if self.stop_reason else "completed")
+        if self.stop_reason:
+            metrics["stop_reason"] = self.stop_reason
+        metrics["train_time_s"] = train_time
         metrics = self.evaluate(scene, field, renderer, out, metrics)
         self.logger.log_metrics(self.max_steps, metrics)
         self.logger.log_summary(metrics)
@@ -323,8 +347,8 @@ class Trainer:
         t0 = time.time()
         field.to(self.device)
         renderer.to(self.device)
-        if hasattr(renderer, "ensure_grid"):  # a grid never refreshed would march every cell
-            renderer.ensure_grid(field)
+        renderer.setup(self.device)
+        renderer.ensure_grid(field)  # a grid never refreshed would march every cell
         metrics.update(self._validate(scene, field, renderer, out / "test", None))
         metrics.update(self._mesh_metrics(scene, field, out))
         if "mesh_error" in metrics:  # finished, but the field has no usable surface
@@ -338,7 +362,7 @@ class Trainer:
         return metrics
 
     def _base_metrics(self, scene: Scene, status: str, error: str | None = None) -> dict[str, Any]:
-        m: dict[str, Any] = {"status": status, "scene": scene.name, "steps": self.max_steps}
+        m: dict[str, Any] = {"status": status, "scene": scene.name, "steps": self.step}
         if error:
             m["error"] = error
         m.update(self.guard.counters())
@@ -349,14 +373,26 @@ class Trainer:
         return m
 
     def _train_loop(
-        self, scene, field, renderer, opt, sched, gen, out: Path, step: int, callback=None
+        self,
+        scene,
+        field,
+        renderer,
+        opt,
+        sched,
+        gen,
+        out: Path,
+        step: int,
+        elapsed0: float,
+        callback=None,
     ) -> float:
-        """Optimise from ``step`` to ``max_steps``; returns wall time in seconds."""
+        """Optimise from ``step`` to ``max_steps`` (or ``max_time``); returns the training wall
+        time in seconds, ``elapsed0`` (earlier sessions of a resumed run) included."""
         bg = scene.background.to(self.device)
         use_mask = self.use_mask is not False and scene.masks is not None
-        amp_dtype = _PRECISIONS[self.precision]
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        amp_dtype = self.amp_dtype
+        scaler = self.scaler
         t0, samples, iteration = time.time(), 0, 0
+        self.step, self.stop_reason = step, None
         bar = tqdm(total=self.max_steps, initial=step, disable=not self.progress, desc="train")
         while step < self.max_steps:
             step += 1
@@ -377,23 +413,25 @@ class Trainer:
             if not torch.isfinite(loss):
                 cause = "loss"
             elif loss.requires_grad:  # False: no ray met an occupied cell; nothing to learn
-                scaler.scale(loss).backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 if self._fault("nan_grad_at", iteration):
                     next(p for p in field.parameters() if p.grad is not None).grad.fill_(math.nan)
-                scaler.unscale_(opt)
-                # fp16 overflow is the GradScaler's business (it skips and lowers the scale).
-                if not scaler.is_enabled() and not self.guard.grads_finite(field):
+                if scaler is not None:
+                    scaler.unscale_(opt)
+                if scaler is None and not self.guard.grads_finite(field):
                     cause = "grad"
                 else:
                     if self.grad_clip > 0:
                         nn.utils.clip_grad_norm_(field.parameters(), self.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    if self._fault("nan_param_at", iteration):
+                    if scaler is None:
+                        opt.step()
+                    else:
+                        cause = self._scaler_step(scaler, opt)
+                    if cause is None and self._fault("nan_param_at", iteration):
                         with torch.no_grad():
                             next(iter(field.parameters())).fill_(math.nan)
-                    bad_param = not self.guard.key_params_finite(field)
-                    if self._fault("nan_param_at", iteration) or bad_param:
+                    bad_param = cause is None and not self.guard.key_params_finite(field)
+                    if cause is None and (self._fault("nan_param_at", iteration) or bad_param):
                         cause = "param"
             sched.step()
 
@@ -407,7 +445,7 @@ class Trainer:
                     bar.refresh()
                     continue
             else:
-                elapsed = time.time() - t0
+                elapsed = elapsed0 + time.time() - t0
                 self.guard.good_step(
                     step,
                     lambda s=step, e=elapsed: self._state(s, field, renderer, opt, sched, gen, e),
@@ -419,14 +457,40 @@ class Trainer:
                 self._log_step(bar, step, loss, r, batch, terms, opt, samples / (time.time() - t0))
             if self.val_every and step % self.val_every == 0 and step < self.max_steps:
                 self._validate(scene, field, renderer, out / "val", step)
-            if (self.ckpt_every and step % self.ckpt_every == 0) or step == self.max_steps:
-                state = self._state(step, field, renderer, opt, sched, gen, time.time() - t0)
+            self.step = step
+            out_of_time = self.max_time is not None and (
+                elapsed0 + time.time() - t0 >= self.max_time
+            )
+            if out_of_time and step < self.max_steps:
+                self.stop_reason = f"trainer.max_time={self.max_time:g}s reached at step {step}"
+                log.warning("%s of %d: stopping training", self.stop_reason, self.max_steps)
+            last = step == self.max_steps or out_of_time
+            if (self.ckpt_every and step % self.ckpt_every == 0) or last:
+                state = self._state(
+                    step, field, renderer, opt, sched, gen, elapsed0 + time.time() - t0
+                )
                 self._save(out, state)
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss}
-            if callback is not None and callback(step, stats):
+            if out_of_time or (callback is not None and callback(step, stats)):
                 break
         bar.close()
-        return time.time() - t0
+        return elapsed0 + time.time() - t0
+
+    @staticmethod
+    def _scaler_step(scaler: torch.amp.GradScaler, opt) -> str | None:
+        """fp16 step through the GradScaler; "grad" when it was skipped as a bad step.
+
+        The scaler skips a step whose scaled gradient overflows and halves its scale: normal
+        while it calibrates, the scaler's business. Once the scale is below 1 the gradient is
+        non-finite at its own size, and each further skip counts as a bad step for the NaN
+        guard — otherwise a persistent NaN gradient with a finite loss would skip every step
+        and the run would end "completed" having learned nothing.
+        """
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        after = scaler.get_scale()
+        return "grad" if after < before and after < 1.0 else None
 
     def _log_step(self, bar, step, loss, r: RenderOutput, batch, terms, opt, sps: float) -> None:
         mse = ((r.color.float() - batch.rgb) ** 2).mean().item()
