@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 from neurecon.errors import NeuReconError
-from neurecon.evaluate import (
+from neurecon.eval.tables import (
     FORMATS,
     build_table,
     find_runs,
     label_runs,
-    load_run,
     pivot_table,
+    read_run_record,
     render,
     write_output,
 )
@@ -31,6 +31,7 @@ log = logging.getLogger("evaluate")
 
 def recompute(run_dir: Path) -> None:
     """Re-render the test views and re-extract the mesh from the run's newest checkpoint."""
+    from neurecon.eval import evaluate_run
     from neurecon.runs import build_run
     from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
     from neurecon.train.lock import run_folder_lock
@@ -39,8 +40,8 @@ def recompute(run_dir: Path) -> None:
     if not (run_dir / ".hydra" / "config.yaml").is_file() or ckpt is None:
         raise NeuReconError(f"{run_dir}: --recompute needs .hydra/config.yaml and a checkpoint")
     # The saved config is untrusted: only allow-listed targets are built (neurecon.runs).
-    run = build_run(run_dir)
-    state = load_checkpoint(ckpt, run.trainer.device)
+    run, settings = build_run(run_dir)
+    state = load_checkpoint(ckpt, settings.device)
     run.field.load_state_dict(state["field"])
     if state.get("renderer"):  # the occupancy grid, when the renderer has one
         run.renderer.load_state_dict(state["renderer"])
@@ -49,7 +50,7 @@ def recompute(run_dir: Path) -> None:
     base.update({"status": base.get("status", "completed"), "steps": int(state["step"])})
     log.info("recomputing %s from %s", run_dir, ckpt.name)
     with run_folder_lock(run_dir):  # never write beside a live run
-        run.trainer.evaluate(run.scene, run.field, run.renderer, run_dir, base)
+        evaluate_run(run.scene, run.field, run.renderer, run_dir, settings, base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.recompute:
             for d in dirs:
                 recompute(d)
-        runs = [r for r in (load_run(d) for d in dirs) if r is not None]
+        runs = [r for r in (read_run_record(d) for d in dirs) if r is not None]
         if not runs:
             raise NeuReconError(
                 f"none of the {len(dirs)} run(s) found has metrics.json; "

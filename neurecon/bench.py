@@ -37,11 +37,13 @@ from omegaconf import DictConfig
 
 from neurecon.build import build
 from neurecon.data.scene import Scene
+from neurecon.device import resolve_device
 from neurecon.errors import ConfigError, NeuReconError
+from neurecon.eval import render_view
 from neurecon.io import write_json
 from neurecon.memory import PeakMemory
 from neurecon.metrics import psnr
-from neurecon.train.trainer import resolve_device
+from neurecon.train.callbacks import Callback
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # The bench times training alone: no periodic validation, checkpoints, mesh or LPIPS.
@@ -109,7 +111,7 @@ def bench_field(
     return {"field_samples_per_s": n * iters / dt, "field_points": n}
 
 
-class _TrainProbe:
+class _TrainProbe(Callback):
     """Trainer callback: timing without the probe's own validation renders, PSNR checks."""
 
     def __init__(
@@ -140,12 +142,16 @@ class _TrainProbe:
         sc = self.run.scene
         vals = []
         for v in sc.test_ids.tolist():
-            img = self.run.trainer.render_view(sc, self.run.field, self.run.renderer, v)
+            es = self.run.trainer.eval_settings
+            img, es.chunk = render_view(
+                sc, self.run.field, self.run.renderer, v, es.chunk, es.device
+            )
             m = sc.mask(v) if self.masked else None  # inside the object mask (real scans)
             vals.append(psnr(np.clip(img["color"], 0, 1), sc.image(v), m))
         return float(np.mean(vals))
 
-    def __call__(self, step: int, stats: dict[str, Any]) -> bool:
+    def on_step_end(self, trainer: Any, state: Any, stats: dict[str, Any]) -> bool:
+        step = state.step
         _sync(self.device)
         now = time.perf_counter()
         dt = now - self.t_last
@@ -172,7 +178,7 @@ def bench_training(run, device: torch.device, target: float, budget_s: float, ev
     run.renderer.to(device).setup(device)  # a first-use kernel build is not training time
     probe = _TrainProbe(run, device, target, budget_s, every)
     with tempfile.TemporaryDirectory() as tmp:
-        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp, callback=probe)
+        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp, callbacks=[probe])
     probe.train_peak = max(probe.train_peak, probe.mem.read())
     sps = probe.timed_samples / max(probe.timed_s, 1e-9)
     return {
@@ -210,7 +216,8 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
     big = _big_view(run.scene, width, height, min(rows, height))
     with PeakMemory(device) as pm:
         t0 = time.perf_counter()
-        run.trainer.render_view(big, run.field, run.renderer, 0)
+        es = run.trainer.eval_settings
+        _, es.chunk = render_view(big, run.field, run.renderer, 0, es.chunk, es.device)
         _sync(device)
         dt = time.perf_counter() - t0
     return {
@@ -218,7 +225,7 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
         "val_rows": big.size(0)[0],
         "val_s": dt,
         "val_peak_mib": pm.mib,
-        "val_chunk": run.trainer.chunk,
+        "val_chunk": run.trainer.eval_settings.chunk,
     }
 
 
@@ -294,7 +301,7 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     metrics = run.trainer.fit(
-        run.scene, run.field, run.renderer, run.optimizer, out / "run", callback=probe
+        run.scene, run.field, run.renderer, run.optimizer, out / "run", callbacks=[probe]
     )
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

@@ -28,7 +28,7 @@ class Run:
     field: nn.Module
     renderer: nn.Module
     optimizer: OptimizerFactory
-    trainer: Trainer
+    trainer: Trainer | None  # None when built for evaluation only
 
 
 def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -44,8 +44,9 @@ def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
-def build(cfg: DictConfig) -> Run:
-    """Instantiate dataset, encoder, field, renderer, optimizer and trainer from ``cfg``."""
+def build(cfg: DictConfig, with_trainer: bool = True) -> Run:
+    """Instantiate dataset, encoder, field, renderer, optimizer and (for training) the trainer
+    from ``cfg``. Tools that only evaluate pass ``with_trainer=False``."""
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
@@ -67,7 +68,9 @@ def build(cfg: DictConfig) -> Run:
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=_instantiate(cfg.optimizer, "optimizer"),
-        trainer=_instantiate(cfg.trainer, "trainer", metrics=cfg.get("metrics")),
+        trainer=_instantiate(cfg.trainer, "trainer", metrics=cfg.get("metrics"))
+        if with_trainer
+        else None,
     )
 
 

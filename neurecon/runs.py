@@ -102,7 +102,10 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
 
 
 def build_run(run_dir: str | Path):
-    """The :class:`neurecon.build.Run` of a saved run folder, built through the allow-list."""
+    """The :class:`neurecon.build.Run` of a saved run folder (scene, field, renderer; no
+    trainer), built through the allow-list, and its evaluation settings."""
     from neurecon.build import build
+    from neurecon.eval import EvalSettings
 
-    return build(load_run_config(run_dir))
+    cfg = load_run_config(run_dir)
+    return build(cfg, with_trainer=False), EvalSettings.from_config(cfg)

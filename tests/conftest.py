@@ -40,3 +40,13 @@ def dtu_scan65() -> Path:
     if not (path / "cameras_sphere.npz").is_file():
         pytest.skip(f"real DTU data not found at {path}")
     return path
+
+
+def fit_on_files(out: Path, *overrides: str) -> dict:
+    """Train a file-based dataset (``dataset=... dataset.root=...`` in ``overrides``) with the
+    TINY trainer settings; returns the run's metrics."""
+    from neurecon.build import build
+
+    keep = [o for o in TINY if not o.startswith("dataset.")]
+    r = build(compose_cfg([*keep, *overrides]))
+    return r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, out)

@@ -3,11 +3,10 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import TINY, compose_cfg
+from conftest import fit_on_files
 from scipy.spatial.transform import Rotation
 from test_formats import _poses
 
-from neurecon.build import build
 from neurecon.data import ColmapScene, DatasetError
 
 pytest.importorskip("pycolmap")
@@ -98,11 +97,8 @@ def test_two_cameras_of_different_sizes_load_and_train(tmp_path):
     s = ColmapScene(str(tmp_path / "scene"), test_every=3)
     assert [s.size(i) for i in range(4)] == [(H, W), (56, 40), (H, W), (56, 40)]
     assert np.allclose(s.K[1].numpy(), [[45, 0, 19.5], [0, 45, 27.5], [0, 0, 1]])
-    keep = [o for o in TINY if not o.startswith("dataset.")]
-    cfg = compose_cfg(
-        ["dataset=colmap", f"dataset.root={tmp_path / 'scene'}", "dataset.test_every=3", *keep,
-         "trainer.max_steps=300", "trainer.mesh_resolution=0"]
+    m = fit_on_files(
+        tmp_path / "run", "dataset=colmap", f"dataset.root={tmp_path / 'scene'}",
+        "dataset.test_every=3", "trainer.max_steps=300", "trainer.mesh_resolution=0",
     )  # fmt: skip
-    r = build(cfg)
-    m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path / "run")
     assert m["status"] == "completed" and np.isfinite(m["test/psnr"]) and m["steps"] == 300

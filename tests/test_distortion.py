@@ -10,9 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_cfg
+from conftest import fit_on_files
 
-from neurecon.build import build
 from neurecon.data import NGPScene, SyntheticScene
 from neurecon.data.cameras import pixel_rays
 from neurecon.data.distortion import fisheye_distortion, opencv_distortion
@@ -126,12 +125,9 @@ def test_sampled_rays_avoid_invalid_pixels(distorted_capture):
 
 def test_300_steps_on_the_distorted_capture_finish_with_a_finite_psnr(distorted_capture, tmp_path):
     root, _ = distorted_capture
-    keep = [o for o in TINY if not o.startswith("dataset.")]
-    cfg = compose_cfg(
-        ["dataset=ngp", f"dataset.root={root}", "dataset.test_every=4", *keep,
-         "trainer.max_steps=300", "trainer.mesh_resolution=32"]
+    m = fit_on_files(
+        tmp_path, "dataset=ngp", f"dataset.root={root}", "dataset.test_every=4",
+        "trainer.max_steps=300", "trainer.mesh_resolution=32",
     )  # fmt: skip
-    r = build(cfg)
-    m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
     print("300 steps on the distorted capture: test PSNR", m["test/psnr"])
     assert m["status"] == "completed" and math.isfinite(m["test/psnr"]) and m["test/psnr"] > 15

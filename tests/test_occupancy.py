@@ -19,12 +19,14 @@ from test_render import R
 from torch import nn
 
 from neurecon.build import build
+from neurecon.eval import render_view
 from neurecon.fields.nerf import DensityOutput
 from neurecon.fields.neus import SDFOutput
 from neurecon.metrics import psnr
 from neurecon.render import NeRFRenderer, NeuSRenderer, OccupancyGrid, occupancy
 from neurecon.render.common import render_weights_from_alpha
 from neurecon.render.occupancy import accumulate, packed_weights
+from neurecon.train.callbacks import Callback
 
 CENTRE = torch.tensor([0.15, -0.1, 0.05])
 
@@ -151,12 +153,22 @@ def test_grid_renderer_matches_dense_on_trained_field(trained_sphere):
     run = trained_sphere
     dense = NeuSRenderer(n_samples=64, n_importance=64, up_sample_steps=4)
     view = int(run.scene.test_ids[0])
-    a = run.trainer.render_view(run.scene, run.field, dense, view)
-    b = run.trainer.render_view(run.scene, run.field, run.renderer, view)
+    cpu = torch.device("cpu")
+    a, _ = render_view(run.scene, run.field, dense, view, 2048, cpu)
+    b, _ = render_view(run.scene, run.field, run.renderer, view, 2048, cpu)
     assert psnr(np.clip(b["color"], 0, 1), np.clip(a["color"], 0, 1)) > 35.0
     assert np.abs(a["opacity"] - b["opacity"]).mean() < 0.01
     gt = run.scene.image(view)
     assert psnr(np.clip(b["color"], 0, 1), gt) > 24.0  # and the field did learn the scene
+
+
+class _Record(Callback):
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def on_step_end(self, trainer, state, stats) -> bool:
+        self.seen.append((stats["rays"], stats["samples"]))
+        return False
 
 
 def test_dynamic_batch_tracks_the_sample_target(tmp_path):
@@ -171,7 +183,7 @@ def test_dynamic_batch_tracks_the_sample_target(tmp_path):
         run.renderer,
         run.optimizer,
         tmp_path,
-        callback=lambda step, s: seen.append((s["rays"], s["samples"])) and False,
+        callbacks=[_Record(seen)],
     )
     rays = [r for r, _ in seen]
     late = np.mean([s for _, s in seen[-20:]])

@@ -9,10 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import REPO, TINY, compose_cfg
+from faults import FaultInjection
 
 from neurecon.build import build
 from neurecon.errors import NeuReconError
+from neurecon.eval import render_view
 from neurecon.optim import lr_factor
 from neurecon.train.checkpoint import load_checkpoint, save_checkpoint
 from neurecon.train.guard import TrainingDiverged
@@ -20,17 +23,32 @@ from neurecon.train.guard import TrainingDiverged
 FAST = [*TINY, "dataset.shape=sphere", "optimizer.lr=5e-3", "trainer.log_every=10"]
 
 
+def _split_faults(overrides) -> tuple[list[str], list[FaultInjection]]:
+    """``faults.KEY=VALUE`` (shorthand in these tests) → a FaultInjection callback."""
+    faults = {
+        o.split("=", 1)[0].removeprefix("faults."): yaml.safe_load(o.split("=", 1)[1])
+        for o in overrides
+        if o.startswith("faults.")
+    }
+    rest = [o for o in overrides if not o.startswith("faults.")]
+    return rest, [FaultInjection(**faults)] if faults else []
+
+
 def _fit(tmp_path, *overrides):
+    overrides, callbacks = _split_faults(overrides)
     run = build(compose_cfg([*FAST, *overrides]))
-    return run, run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+    m = run.trainer.fit(
+        run.scene, run.field, run.renderer, run.optimizer, tmp_path, callbacks=callbacks
+    )
+    return run, m
 
 
 def test_nan_loss_and_grad_at_step_k_are_skipped_and_logged(tmp_path):
     run, m = _fit(
         tmp_path,
         "trainer.max_steps=40",
-        "trainer.faults.nan_loss_at=[10]",
-        "trainer.faults.nan_grad_at=[20]",
+        "faults.nan_loss_at=[10]",
+        "faults.nan_grad_at=[20]",
     )
     assert m["status"] == "completed" and np.isfinite(m["test/psnr"])
     assert m["guard/skipped_steps"] == 2 and m["guard/rollbacks"] == 0
@@ -47,7 +65,7 @@ def test_repeated_nan_rolls_back_with_lower_lr(tmp_path):
         "trainer.max_steps=60",
         "trainer.guard.snapshot_every=10",
         "trainer.guard.max_bad_steps=3",
-        "trainer.faults.nan_loss_at=[25,26,27]",
+        "faults.nan_loss_at=[25,26,27]",
     )
     assert m["status"] == "completed" and m["guard/rollbacks"] == 1
     ev = m["guard/log"]
@@ -64,7 +82,7 @@ def test_non_finite_parameter_rolls_back_at_once(tmp_path):
         tmp_path,
         "trainer.max_steps=30",
         "trainer.guard.snapshot_every=5",
-        "trainer.faults.nan_param_at=[12]",
+        "faults.nan_param_at=[12]",
     )
     assert m["guard/log"] == [{"step": 12, "cause": "param", "action": "rollback"}]
     assert all(torch.isfinite(p).all() for p in run.field.parameters())
@@ -78,7 +96,7 @@ def test_hopeless_divergence_stops_with_diverged_status(tmp_path):
             "trainer.max_steps=200",
             "trainer.guard.snapshot_every=5",
             "trainer.guard.max_rollbacks=2",
-            "trainer.faults.nan_loss_from=15",
+            "faults.nan_loss_from=15",
         )
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["status"] == "diverged" and m["guard/rollbacks"] == 2
@@ -194,10 +212,12 @@ def test_validation_halves_chunk_on_oom(tmp_path, caplog):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(field, o, d, bg)
 
-    ref = run.trainer.render_view(run.scene, run.field, run.renderer, 0)
+    cpu = torch.device("cpu")
+    ref, chunk = render_view(run.scene, run.field, run.renderer, 0, 1024, cpu)
+    assert chunk == 1024
     run.renderer.forward = small_memory
-    img = run.trainer.render_view(run.scene, run.field, run.renderer, 0)
-    assert run.trainer.chunk == 64  # 1024 → 512 → 256 → 128 → 64
+    img, chunk = render_view(run.scene, run.field, run.renderer, 0, 1024, cpu)
+    assert chunk == 64  # 1024 → 512 → 256 → 128 → 64: the caller keeps the smaller chunk
     assert np.allclose(img["color"], ref["color"], atol=1e-5)
     assert "out of memory, retrying with chunk=64" in caplog.text
 
@@ -241,15 +261,13 @@ def test_fp16_persistent_nan_gradient_is_not_a_completed_run(tmp_path):
     lowers its scale; once below 1 the skips count as bad steps, so the guard rolls back and
     finally stops, instead of ending "completed" having learned nothing. (fp16 autocast runs
     on CPU too, so the logic is tested here; the cuda suite runs it on a GPU.)"""
-    run = build(
-        compose_cfg(
-            [*FAST, "trainer.max_steps=60", "trainer.guard.snapshot_every=5",
-             "trainer.faults.nan_grad_at=[" + ",".join(map(str, range(10, 400))) + "]"]
-        )
-    )  # fmt: skip
+    run = build(compose_cfg([*FAST, "trainer.max_steps=60", "trainer.guard.snapshot_every=5"]))
     run.trainer.precision = "fp16"  # Trainer() turns fp16 into fp32 on CPU; force it
+    faults = FaultInjection(nan_grad_at=range(10, 400))
     with pytest.raises(TrainingDiverged):
-        run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+        run.trainer.fit(
+            run.scene, run.field, run.renderer, run.optimizer, tmp_path, callbacks=[faults]
+        )
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["status"] == "diverged" and m["guard/rollbacks"] == 3
     assert {e["cause"] for e in m["guard/log"]} == {"grad"}
@@ -310,7 +328,7 @@ def test_lr_back_off_compounds_when_rolling_back_to_the_same_snapshot(tmp_path):
         "trainer.max_steps=40",
         "trainer.guard.snapshot_every=1000",
         "trainer.guard.max_bad_steps=2",
-        "trainer.faults.nan_loss_at=[10,11,20,21]",
+        "faults.nan_loss_at=[10,11,20,21]",
     )
     assert m["guard/rollbacks"] == 2
     assert [e["step"] for e in m["guard/log"] if e["action"] == "rollback"] == [11, 11]

@@ -120,14 +120,18 @@ def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(tmp_pat
         "hydra.sweeper.sampler=random",
         "logger=none",
         "optimizer.lr=choice(-1.0,0.001,0.002,0.003)",  # -1: an invalid config value
-        "trainer.faults.nan_loss_from=choice(1,100000,200000)",  # 1: NaN from the start
+        # A test-side callback (tests/faults.py): NaN loss from iteration 1 on, or never.
+        "+trainer.callbacks.faults._target_=faults.FaultInjection",
+        "+trainer.callbacks.faults.nan_loss_from=choice(1,100000,200000)",
+        env={"PYTHONPATH": str(REPO / "tests")},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = _study(tmp_path / "f", "lr_inv_s").trials
     states = [t.state.name for t in trials]
     assert len(trials) == 6 and "FAIL" in states and "COMPLETE" in states
     for t in trials:
-        bad = t.params["optimizer.lr"] < 0 or t.params["trainer.faults.nan_loss_from"] == 1
+        nan_from = next(v for k, v in t.params.items() if k.endswith("nan_loss_from"))
+        bad = t.params["optimizer.lr"] < 0 or nan_from == 1
         assert (t.state.name == "FAIL") == bad, (t.params, t.state)
     with open(tmp_path / "f" / "trials.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 6

@@ -134,6 +134,8 @@ def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
     assert list(sweep_dir.glob("trial_*/wandb/offline-run-*"))  # W&B files exist and are read
     assert _files_containing(sweep_dir, postgres.password) == []
     assert postgres.password not in res.stdout + res.stderr
+    n = sum(1 for p in sweep_dir.rglob("*") if p.is_file())
+    print(f"password found in 0 of {n} files under the sweep folder, nor in stdout/stderr")
 
 
 def test_storage_password_on_the_command_line_is_refused_redacted(tmp_path, postgres):

@@ -192,3 +192,15 @@ def test_non_class_neurecon_callables_are_refused():
             OmegaConf.create({"x": {"_target_": "neurecon.train.checkpoint.save_checkpoint"}}),
             "cfg",
         )
+
+
+def test_a_run_folder_is_rebuilt_without_a_trainer(run_dir):
+    """Everything after training is a function of (scene, field, renderer): opening a run
+    folder builds no Trainer, and both shipped fields implement the Field protocol."""
+    from neurecon.fields.base import Field
+    from neurecon.runs import build_run
+
+    run, settings = build_run(run_dir)
+    assert run.trainer is None and settings.mesh_resolution == 48
+    assert isinstance(run.field, Field) and set(run.field.stats()) == {"inv_s"}
+    assert set(run.field.param_groups()) == {"variance", "encoder", "network"}

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
-from neurecon.fields.base import BACKGROUND_MODES, DensityOutput
+from neurecon.fields.base import BACKGROUND_MODES, DensityOutput, split_parameters
 from neurecon.fields.mlp import TruncExp, mlp
 
 
@@ -56,6 +56,12 @@ class NeRFField(nn.Module):
     def density(self, x: Tensor) -> Tensor:
         """(N, 3) → (N,) non-negative density."""
         return self._density_feat(x)[0]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return split_parameters(self)
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
     def geometry(self, x: Tensor) -> Tensor:
         """Negative inside (density above ``mesh_density``), zero on that iso-surface."""

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
-from neurecon.fields.base import BACKGROUND_MODES, SDFOutput
+from neurecon.fields.base import BACKGROUND_MODES, SDFOutput, split_parameters
 from neurecon.fields.mlp import mlp
 
 
@@ -98,6 +98,13 @@ class NeuSField(nn.Module):
     def sdf(self, x: Tensor) -> Tensor:
         """(N, 3) → (N,) signed distance, negative inside."""
         return self._sdf_feat(x)[0]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return split_parameters(self)
+
+    def stats(self) -> dict[str, float]:
+        """``inv_s``: the sharpness of the SDF → density mapping (rises as training goes)."""
+        return {"inv_s": float(self.inv_s().detach().clamp(1e-6, 1e6))}
 
     def geometry(self, x: Tensor) -> Tensor:
         """Signed scalar for mesh extraction: negative inside, zero on the surface."""

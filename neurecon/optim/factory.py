@@ -69,17 +69,8 @@ class OptimizerFactory:
         self.warmup_steps, self.decay, self.final_ratio = warmup_steps, decay, final_ratio
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        """Split parameters into named groups: ``variance``, ``encoder``, ``network``."""
-        groups: dict[str, list[nn.Parameter]] = {"variance": [], "encoder": [], "network": []}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name == "variance":
-                groups["variance"].append(p)
-            elif name.startswith("encoder."):
-                groups["encoder"].append(p)
-            else:
-                groups["network"].append(p)
+        """The field's named parameter groups (``Field.param_groups``) with their lrs."""
+        groups = model.param_groups()
         lrs = {
             "variance": self.lr_variance or self.lr,
             "encoder": self.lr_encoder or self.lr,

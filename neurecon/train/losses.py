@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -30,3 +34,41 @@ def color_loss(
 def mask_loss(opacity: Tensor, mask: Tensor) -> Tensor:
     """Binary cross-entropy between accumulated opacity (B,) and the object mask (B,)."""
     return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), mask)
+
+
+@dataclass
+class LossWeights:
+    """``trainer.loss``: weights of the colour, eikonal and mask terms, and the colour loss."""
+
+    color: float = 1.0
+    eikonal: float = 0.1
+    mask: float = 0.1
+    color_type: str = "l1"
+
+    def __post_init__(self) -> None:
+        if self.color_type not in COLOR_LOSSES:
+            raise ConfigError(
+                f"trainer.loss.color_type={self.color_type!r}; choose from {list(COLOR_LOSSES)}"
+            )
+
+    @classmethod
+    def from_mapping(cls, loss: Mapping[str, Any] | None) -> LossWeights:
+        known = {f.name for f in fields(cls)}
+        unknown = set(loss or {}) - known
+        if unknown:
+            raise ConfigError(
+                f"trainer.loss: unknown key(s) {sorted(unknown)}; known {sorted(known)}"
+            )
+        return cls(**dict(loss or {}))
+
+
+def total_loss(out: Any, rgb: Tensor, mask: Tensor | None, w: LossWeights):
+    """The weighted sum of the loss terms of a render ``out`` against colours ``rgb`` (B, 3)
+    and, when given, the object mask (B,). Returns (total, {name: term})."""
+    terms = {"color": color_loss(out.color, rgb, w.color_type, mask)}
+    if out.eikonal is not None and w.eikonal > 0:
+        terms["eikonal"] = out.eikonal
+    if mask is not None and w.mask > 0:
+        terms["mask"] = mask_loss(out.opacity, mask)
+    total = sum(getattr(w, k) * v for k, v in terms.items())
+    return total, terms

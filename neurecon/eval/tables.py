@@ -1,4 +1,5 @@
-"""Metric tables from finished runs (the library behind ``evaluate.py``)."""
+"""Metric tables from finished runs, the library behind ``evaluate.py``: find run folders,
+read their ``metrics.json``, label them by what differs, and print paper-style tables."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def find_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def load_run(path: Path) -> RunRecord | None:
+def read_run_record(path: Path) -> RunRecord | None:
     """A run's metrics and config; None (with a warning) when it has no metrics."""
     mfile = path / "metrics.json"
     if not mfile.is_file():

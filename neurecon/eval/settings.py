@@ -1,0 +1,62 @@
+"""What evaluation needs to know, whoever runs it (the trainer, evaluate.py, the bench)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from neurecon.errors import ConfigError
+
+METRIC_DEFAULTS: dict[str, Any] = {
+    "lpips_net": "alex",
+    "dtu_gt_root": None,
+    "dtu_scan": None,
+    "dtu_mask_dilate": 12,
+}
+
+
+def metric_options(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``metrics`` config group's keys with defaults; unknown keys are an error."""
+    unknown = set(metrics or {}) - set(METRIC_DEFAULTS)
+    if unknown:
+        raise ConfigError(
+            f"metrics: unknown key(s) {sorted(unknown)}; known {sorted(METRIC_DEFAULTS)}"
+        )
+    return {**METRIC_DEFAULTS, **dict(metrics or {})}
+
+
+@dataclass
+class EvalSettings:
+    """Args: device; chunk (rays per rendering chunk; halves on out-of-memory and stays so);
+    mesh_resolution (0: no mesh); chamfer_points / chamfer_threshold (F-score threshold as a
+    fraction of the object radius); seed (surface sampling); progress (bars); metrics (the
+    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_mask_dilate)."""
+
+    device: torch.device
+    chunk: int = 2048
+    mesh_resolution: int = 128
+    chamfer_points: int = 100_000
+    chamfer_threshold: float = 0.01
+    seed: int = 0
+    progress: bool = True
+    metrics: dict[str, Any] = field(default_factory=lambda: dict(METRIC_DEFAULTS))
+
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device | None = None) -> EvalSettings:
+        """From a run's composed config (``trainer`` and ``metrics`` groups)."""
+        from neurecon.device import resolve_device
+
+        t = cfg.trainer
+        return cls(
+            device=device or resolve_device(str(t.get("device", "auto"))),
+            chunk=int(t.get("chunk", 2048)),
+            mesh_resolution=int(t.get("mesh_resolution", 128) or 0),
+            chamfer_points=int(t.get("chamfer_points", 100_000)),
+            chamfer_threshold=float(t.get("chamfer_threshold", 0.01)),
+            seed=int(t.get("seed", 0)),
+            progress=bool(t.get("progress", True)),
+            metrics=metric_options(cfg.get("metrics")),
+        )

@@ -1,0 +1,113 @@
+"""Rendering whole views and scoring them against the photos."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from neurecon.data.scene import Scene
+from neurecon.eval.settings import EvalSettings
+from neurecon.io import atomic_write
+from neurecon.memory import retry_on_oom
+from neurecon.metrics import psnr, ssim
+from neurecon.metrics.lpips import LPIPSUnavailable, lpips
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def render_view(
+    scene: Scene,
+    field: nn.Module,
+    renderer: nn.Module,
+    view: int,
+    chunk: int,
+    device: torch.device,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Full-image render in chunks of ``chunk`` rays (peak memory independent of image size).
+
+    Returns the images — (H, W, 3) ``color`` / ``normal``, (H, W) ``opacity`` / ``depth`` —
+    and the chunk that worked (it halves on out-of-memory; callers keep the smaller one).
+    """
+    field.eval()
+    renderer.eval()
+    H, W = scene.size(view)
+    bg = scene.background.to(device)
+
+    def render(chunk: int) -> dict[str, np.ndarray]:
+        # Written in place chunk by chunk: no list of parts and no concatenated copy.
+        img = {k: np.zeros((H * W, 3), np.float32) for k in ("color", "normal")}
+        img.update({k: np.zeros(H * W, np.float32) for k in ("opacity", "depth")})
+        start = 0
+        for batch in scene.view_rays(view, chunk, device):
+            r = renderer(field, batch.origins, batch.dirs, bg)
+            sl = slice(start, start + len(batch))
+            img["color"][sl] = r.color.float().cpu().numpy()
+            img["opacity"][sl] = r.opacity.float().cpu().numpy()
+            img["depth"][sl] = r.depth.float().cpu().numpy()
+            if r.normal is not None:
+                img["normal"][sl] = r.normal.float().cpu().numpy()
+            start += len(batch)
+        return {k: v.reshape(H, W, *v.shape[1:]) for k, v in img.items()}
+
+    return retry_on_oom(render, chunk, f"rendering view {view}")
+
+
+def score_views(
+    scene: Scene,
+    field: nn.Module,
+    renderer: nn.Module,
+    views: list[int],
+    settings: EvalSettings,
+    folder: Path,
+    prefix: str,
+    names: list[str],
+    with_lpips: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """PSNR / SSIM (and LPIPS) of ``views``; writes ``pred | gt | normal`` panels to
+    ``folder/names[i]``. Returns the means as ``{prefix}/{metric}``, the per-view rows and the
+    panels. Pixels without source data (``scene.valid_mask``) are not scored.
+    ``settings.chunk`` is updated when rendering had to shrink it."""
+    per_view, panels, lpips_missing = [], {}, None
+    for v, name in tqdm(
+        list(zip(views, names, strict=True)), disable=not settings.progress, desc="render",
+        leave=False,
+    ):  # fmt: skip
+        img, settings.chunk = render_view(
+            scene, field, renderer, v, settings.chunk, settings.device
+        )
+        gt, m, valid = scene.image(v), scene.mask(v), scene.valid_mask(v)
+        pred = np.clip(img["color"], 0, 1)
+        if valid is not None:  # no source data there (undistortion): not scored
+            pred = np.where(valid[..., None], pred, gt)  # SSIM / LPIPS see no error there
+            m = None if m is None else m & valid
+        row = {"view": v, "psnr": psnr(pred, gt, valid), "ssim": ssim(pred, gt)}
+        if m is not None and m.any():
+            row["psnr_masked"] = psnr(pred, gt, m)
+        net = settings.metrics["lpips_net"]
+        if with_lpips and net and not lpips_missing:
+            try:
+                row["lpips"] = lpips(pred, gt, net)
+            except LPIPSUnavailable as e:  # reported as missing, never made up
+                lpips_missing = str(e)
+                log.warning("%s", e)
+        per_view.append(row)
+        normal = (img["normal"] * 0.5 + 0.5) * img["opacity"][..., None]
+        panel = np.concatenate([pred, gt, np.clip(normal, 0, 1)], axis=1)
+        panels[f"val/view_{v:03d}"] = panel
+        atomic_write(folder / name, lambda p, a=panel: iio.imwrite(p, (a * 255).astype(np.uint8)))
+    res: dict[str, Any] = {}
+    for key in ("psnr", "ssim", "psnr_masked", "lpips"):
+        vals = [r[key] for r in per_view if key in r]
+        if vals:
+            res[f"{prefix}/{key}"] = float(np.mean(vals))
+    if lpips_missing:
+        res["lpips_missing"] = lpips_missing
+    return res, per_view, panels
