@@ -175,6 +175,10 @@ def test_a_genuine_run_folder_still_recomputes(run_dir, tmp_path):
     run = tmp_path / "ok"
     shutil.copytree(run_dir, run)
     (run / "metrics.json").unlink()
+    # Trained with trainer.device=cuda, say: without CUDA here it is evaluated on the CPU.
+    cfg = (run / ".hydra" / "config.yaml").read_text().replace("device: cpu", "device: cuda")
+    assert "device: cuda" in cfg
+    (run / ".hydra" / "config.yaml").write_text(cfg)
     assert evaluate.main([str(run), "--recompute"]) == 0
     assert (run / "metrics.json").is_file()
 

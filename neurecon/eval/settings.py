@@ -50,8 +50,11 @@ class EvalSettings:
         from neurecon.device import resolve_device
 
         t = cfg.trainer
+        saved = str(t.get("device", "auto"))
+        if device is None and saved.startswith("cuda") and not torch.cuda.is_available():
+            device = torch.device("cpu")  # a CUDA run's folder, evaluated on a CPU machine
         return cls(
-            device=device or resolve_device(str(t.get("device", "auto"))),
+            device=device or resolve_device(saved),
             chunk=int(t.get("chunk", 2048)),
             mesh_resolution=int(t.get("mesh_resolution", 128) or 0),
             chamfer_points=int(t.get("chamfer_points", 100_000)),
