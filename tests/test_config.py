@@ -92,3 +92,14 @@ def test_every_preset_composes_and_trains_a_few_steps(preset, tmp_path):
     m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
     # Two steps of NeRF leave no surface to mesh yet ("degenerate"); the run itself completes.
     assert m["status"] in ("completed", "degenerate") and m["steps"] == 2, m
+
+
+@pytest.mark.parametrize(("option", "cls"), [("adam", "Adam"), ("adamw", "AdamW")])
+def test_optimizer_class_is_a_target_node(option, cls):
+    run = build(compose_cfg([*TINY, f"optimizer={option}"]))
+    opt, _ = run.optimizer.build(run.field, 10)
+    assert type(opt).__name__ == cls
+    assert {g["name"] for g in opt.param_groups} == {"network", "variance"}
+    run = build(compose_cfg([*TINY, "optimizer.optimizer_class._target_=torch.optim.SGD"]))
+    with pytest.raises(TypeError):  # SGD has no betas: the class really is the one configured
+        run.optimizer.build(run.field, 10)

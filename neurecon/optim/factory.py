@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from neurecon.errors import ConfigError
 
-_ALGORITHMS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _DECAYS = ("cosine", "exp", "none")
 
 
@@ -33,7 +32,9 @@ class OptimizerFactory:
     """Builds the optimizer and its schedule for a field.
 
     Args:
-        algorithm: ``adam`` or ``adamw``.
+        optimizer_class: the torch optimizer, a ``_target_`` node with ``_partial_: true``
+            (``torch.optim.Adam`` by default); called as ``cls(groups, betas=, eps=,
+            weight_decay=)``. No string switch: ``_target_`` is the only registry.
         lr: base learning rate.  lr_variance: NeuS variance (``inv_s``) lr; null → ``lr``.
         lr_encoder: lr of the encoder's parameters (hash tables like a higher lr); null → ``lr``.
         warmup_steps, decay (cosine | exp | none), final_ratio: the schedule.
@@ -41,7 +42,7 @@ class OptimizerFactory:
 
     def __init__(
         self,
-        algorithm: str = "adam",
+        optimizer_class: Callable[..., torch.optim.Optimizer] | None = None,
         lr: float = 5e-4,
         lr_variance: float | None = None,
         lr_encoder: float | None = None,
@@ -52,10 +53,8 @@ class OptimizerFactory:
         decay: str = "cosine",
         final_ratio: float = 0.05,
     ) -> None:
-        if algorithm not in _ALGORITHMS:
-            raise ConfigError(
-                f"optimizer.algorithm={algorithm!r}; choose from {sorted(_ALGORITHMS)}"
-            )
+        if optimizer_class is not None and not callable(optimizer_class):
+            raise ConfigError("optimizer.optimizer_class must be a _target_ node (_partial_: true)")
         for key, val in (("lr", lr), ("lr_variance", lr_variance), ("lr_encoder", lr_encoder)):
             if val is not None and not (math.isfinite(val) and val > 0):
                 raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val}")
@@ -63,7 +62,7 @@ class OptimizerFactory:
             raise ConfigError(f"optimizer.decay={decay!r}; choose from {list(_DECAYS)}")
         if not 0 < final_ratio <= 1 or warmup_steps < 0:
             raise ConfigError("optimizer: need 0 < final_ratio <= 1 and warmup_steps >= 0")
-        self.algorithm, self.lr = algorithm, lr
+        self.optimizer_class, self.lr = optimizer_class or torch.optim.Adam, lr
         self.lr_variance, self.lr_encoder = lr_variance, lr_encoder
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.warmup_steps, self.decay, self.final_ratio = warmup_steps, decay, final_ratio
@@ -81,8 +80,7 @@ class OptimizerFactory:
     def build(
         self, model: nn.Module, max_steps: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        cls = _ALGORITHMS[self.algorithm]
-        opt = cls(
+        opt = self.optimizer_class(
             self.param_groups(model), betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
