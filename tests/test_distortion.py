@@ -118,7 +118,7 @@ def test_sampled_rays_avoid_invalid_pixels(distorted_capture):
     s.pixels[s.valid] = s.pixels[s.valid].clamp(max=254)
     g = torch.Generator().manual_seed(1)
     view, v, u = s._draw(50000, g)
-    assert (~s.valid[s.offsets[view] + v * s.sizes[view, 1] + u]).any()  # raw draws hit them
+    assert (~s.valid[s._flat(view, v, u)]).any()  # raw draws hit them
     b = s.sample_rays(50000, g)
     assert (b.rgb < 1.0).any(dim=-1).all()
 

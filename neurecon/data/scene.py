@@ -149,9 +149,13 @@ class Scene:
         """(V, H, W, 3) uint8 view of the store (same-size scenes only)."""
         return self.pixels.reshape(self.num_views, *self.hw, 3)
 
+    def _flat(self, view: Tensor, v: Tensor, u: Tensor) -> Tensor:
+        """(B,) indices into the ragged pixel store of (view, row v, column u)."""
+        return self.offsets[view] + v * self.sizes[view, 1] + u
+
     def _batch(self, view: Tensor, v: Tensor, u: Tensor, device: torch.device) -> RayBatch:
         o, d = pixel_rays(self.K[view], self.c2w[view], u.float(), v.float())
-        flat = self.offsets[view] + v * self.sizes[view, 1] + u
+        flat = self._flat(view, v, u)
         rgb = self.pixels[flat].float() / 255.0
         mask = None if self.masks is None else (self.masks[flat] > 127).float()
         return RayBatch(
@@ -183,13 +187,13 @@ class Scene:
         """``n`` random rays from random training views (uniform over valid training pixels)."""
         view, v, u = self._draw(n, generator)
         if self.valid is not None:  # redraw pixels without source data (a few rounds at most)
-            bad = ~self.valid[self.offsets[view] + v * self.sizes[view, 1] + u]
+            bad = ~self.valid[self._flat(view, v, u)]
             for _ in range(100):
                 if not bad.any():
                     break
                 k = int(bad.sum())
                 view[bad], v[bad], u[bad] = self._draw(k, generator)
-                bad = ~self.valid[self.offsets[view] + v * self.sizes[view, 1] + u]
+                bad = ~self.valid[self._flat(view, v, u)]
         return self._batch(view, v, u, torch.device(device))
 
     def view_rays(
