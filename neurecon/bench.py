@@ -209,7 +209,7 @@ def _big_view(scene: Scene, width: int, height: int, rows: int) -> Scene:
     img = np.zeros((1, rows, width, 3), np.uint8)
     return Scene(
         img, K[None].float().numpy(), scene.c2w[v : v + 1].numpy(), scene.to_world, [0], [0],
-        background=scene.background.tolist(), name=f"{scene.name}_{width}x{height}",
+        background_color=scene.background_color.tolist(), name=f"{scene.name}_{width}x{height}",
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+import neurecon.schema  # noqa: F401  (typed config nodes, before any compose)
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, NeuReconError
 from neurecon.optim import OptimizerFactory
@@ -51,18 +52,20 @@ def build(cfg: DictConfig, with_trainer: bool = True) -> Run:
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
     scene = _instantiate(cfg.dataset, "dataset")
-    # field.background=auto: model what lies outside the unit sphere (NeRF++) exactly when
+    # field.background_model=auto: model what lies outside the unit sphere (NeRF++) exactly when
     # there are no masks to tell the object from its surroundings.
     extra: dict[str, Any] = {}
     if "background_net" in cfg.field:
-        mode = cfg.field.get("background", "auto")
+        mode = cfg.field.get("background_model", "auto")
         unmasked = scene.masks is None or cfg.trainer.get("use_mask", "auto") is False
         wanted = mode == "nerfpp" or (mode == "auto" and unmasked)
         extra["background_net"] = (
             _instantiate(cfg.field.background_net, "field.background_net") if wanted else None
         )
         if wanted:
-            log.info("background: NeRF++ field outside the unit sphere (field.background=%s)", mode)
+            log.info(
+                "background: NeRF++ field outside the unit sphere (field.background_model=%s)", mode
+            )
     return Run(
         scene=scene,
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),

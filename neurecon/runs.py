@@ -27,6 +27,14 @@ from neurecon.errors import NeuReconError
 EXTRA_TARGETS: frozenset[str] = frozenset({"torch.optim.Adam", "torch.optim.AdamW"})
 
 
+# Keys renamed since earlier releases (old → new), so older run folders still load.
+RENAMED_KEYS: dict[str, str] = {
+    "dataset.background": "dataset.background_color",
+    "renderer.background": "renderer.background_color",
+    "field.background": "field.background_model",
+}
+
+
 class UntrustedConfigError(NeuReconError):
     """A saved config names a ``_target_`` outside the allow-list; nothing was called."""
 
@@ -98,6 +106,11 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise UntrustedConfigError(f"{cfg_file}: not a mapping")
     check_targets(cfg, cfg_file)
+    for old, new in RENAMED_KEYS.items():
+        group, key = old.split(".")
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and key in node and new.split(".")[1] not in node:
+            node[new.split(".")[1]] = node.pop(key)
     return cfg
 
 

@@ -63,8 +63,11 @@ def test_background_auto_follows_the_masks():
     assert build(compose_cfg(base)).field.background_net is None  # masked scene
     run = build(compose_cfg([*base, "trainer.use_mask=false"]))
     assert isinstance(run.field.background_net, BackgroundField)
-    assert build(compose_cfg([*base, "field.background=nerfpp"])).field.background_net is not None
-    off = compose_cfg([*base, "trainer.use_mask=false", "field.background=none"])
+    assert (
+        build(compose_cfg([*base, "field.background_model=nerfpp"])).field.background_net
+        is not None
+    )
+    off = compose_cfg([*base, "trainer.use_mask=false", "field.background_model=none"])
     assert build(off).field.background_net is None
 
 

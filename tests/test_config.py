@@ -46,6 +46,34 @@ def test_unknown_option_and_key_fail_with_hydra_messages():
         compose_cfg().trainer.nosuchkey  # noqa: B018  (struct mode)
 
 
+@pytest.mark.parametrize(
+    ("node", "typo", "schema"),
+    [
+        ("trainer:\n  loss:\n    eikonall: 0.2", "eikonall", "LossWeights"),
+        ("trainer:\n  guard:\n    max_bad_step: 2", "max_bad_step", "GuardSettings"),
+        ("metrics:\n  lpips: vgg", "lpips", "MetricOptions"),
+    ],
+)
+def test_typed_nodes_reject_a_misspelt_key_in_a_preset(tmp_path, node, typo, schema):
+    """A preset file (not only the command line) with a misspelt key in a fixed key set fails
+    at compose time, with Hydra's own message naming the key and the schema."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "typo.yaml").write_text(f"# @package _global_\n{node}\n")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg([f"hydra.searchpath=[file://{tmp_path}]", "experiment=typo"])
+    assert f"Key '{typo}' not in '{schema}'" in str(e.value.__cause__ or e.value) + str(e.value)
+
+
+def test_typed_nodes_check_types_and_keep_their_defaults():
+    with pytest.raises(ConfigCompositionException, match=r"trainer\.loss\.eikonal=abc"):
+        compose_cfg(["trainer.loss.eikonal=abc"])
+    with pytest.raises(ConfigCompositionException, match=r"trainer\.guard\.enabled=maybe"):
+        compose_cfg(["trainer.guard.enabled=maybe"])
+    cfg = compose_cfg(["trainer.loss.eikonal=0.3"])
+    assert cfg.trainer.loss.eikonal == 0.3 and cfg.trainer.loss.color_type == "l1"
+    assert cfg.trainer.guard.max_bad_steps == 5 and cfg.metrics.lpips_net == "alex"
+
+
 def test_cli_prints_composed_config():
     res = subprocess.run(
         [sys.executable, "train.py", "--cfg", "job", "field=nerf"],

@@ -52,7 +52,7 @@ def write_blender(root, n_train=4, n_test=3, angle=0.8):
 
 def test_blender_round_trip(tmp_path):
     poses = write_blender(tmp_path)
-    s = BlenderScene(str(tmp_path), radius=1.5, background=(1, 1, 1))
+    s = BlenderScene(str(tmp_path), radius=1.5, background_color=(1, 1, 1))
     assert s.images.shape == (7, H, W, 3) and s.train_ids.tolist() == [0, 1, 2, 3]
     f = 0.5 * W / math.tan(0.4)
     assert np.allclose(

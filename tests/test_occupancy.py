@@ -24,8 +24,7 @@ from neurecon.fields.nerf import DensityOutput
 from neurecon.fields.neus import SDFOutput
 from neurecon.metrics import psnr
 from neurecon.render import NeRFRenderer, NeuSRenderer, OccupancyGrid, occupancy
-from neurecon.render.common import render_weights_from_alpha
-from neurecon.render.occupancy import accumulate, packed_weights
+from neurecon.render.volrend import accumulate, packed_weights, render_weights_from_alpha
 from neurecon.train.callbacks import Callback
 
 CENTRE = torch.tensor([0.15, -0.1, 0.05])

@@ -83,12 +83,12 @@ def test_sampler_seeds_per_trial_are_reproducible_and_never_repeat():
     continues it, and two workers drawing in turn from one study never collide."""
     from optuna.distributions import FloatDistribution
 
-    from hydra_plugins.neurecon_optuna_sweeper.sweeper import NeureconOptunaSweeper
+    from hydra_plugins.neurecon_optuna_sweeper.sweeper import SAMPLERS, NeureconOptunaSweeper
 
     space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "v": FloatDistribution(0.1, 0.5)}
 
     def sweeper(seed=0, sampler="tpe"):
-        return NeureconOptunaSweeper(sampler, "maximize", "s", None, 4, 1, seed, {})
+        return NeureconOptunaSweeper(SAMPLERS[sampler], "maximize", "s", None, 4, 1, seed, {})
 
     def draw(study, w, n):
         out = []
@@ -117,7 +117,7 @@ def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(tmp_pat
         tmp_path / "f",
         "sweep=lr_inv_s",
         "hydra.sweeper.n_trials=6",
-        "hydra.sweeper.sampler=random",
+        "hydra/sweeper/sampler=random",
         "logger=none",
         "optimizer.lr=choice(-1.0,0.001,0.002,0.003)",  # -1: an invalid config value
         # A test-side callback (tests/faults.py): NaN loss from iteration 1 on, or never.
@@ -162,9 +162,9 @@ def test_pruner_stops_hopeless_trials_from_validation_psnr(tmp_path):
         tmp_path / "p",
         "sweep=lr_inv_s",
         "hydra.sweeper.n_trials=6",
-        "hydra.sweeper.sampler=random",
+        "hydra/sweeper/sampler=random",
         "hydra.sweeper.seed=2",  # draws two good trials first: the median needs them
-        "hydra.sweeper.pruner=median",
+        "hydra/sweeper/pruner=median",
         "logger=none",
         "trainer.val_every=5",
         "trainer.max_steps=20",

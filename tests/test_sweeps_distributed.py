@@ -117,7 +117,7 @@ def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
         sweep_dir,
         "sweep=lr_inv_s",
         "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.pruner=median",
+        "hydra/sweeper/pruner=median",
         "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'",
         "hydra.sweeper.study_name=secret",
         "trainer.val_every=5",

@@ -208,3 +208,22 @@ def test_a_run_folder_is_rebuilt_without_a_trainer(run_dir):
     assert run.trainer is None and settings.mesh_resolution == 48
     assert isinstance(run.field, Field) and set(run.field.stats()) == {"inv_s"}
     assert set(run.field.param_groups()) == {"variance", "encoder", "network"}
+
+
+def test_a_run_folder_from_before_the_background_renames_still_loads(run_dir, tmp_path):
+    """``dataset.background``, ``renderer.background`` and ``field.background`` were renamed
+    (``*_color``, ``background_model``); a folder saved with the old keys opens as before."""
+    from neurecon.runs import RENAMED_KEYS, build_run, load_run_config
+
+    run = tmp_path / "old"
+    shutil.copytree(run_dir, run)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    for old, new in RENAMED_KEYS.items():
+        group, key = old.split(".")
+        cfg[group][key] = cfg[group].pop(new.split(".")[1])
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    assert "background_color" not in (run / ".hydra" / "config.yaml").read_text()
+    loaded = load_run_config(run)
+    assert loaded.dataset.background_color == cfg.dataset.background
+    assert loaded.field.background_model == cfg.field.background
+    assert build_run(run)[0].trainer is None

@@ -1,6 +1,8 @@
 """``hydra/sweeper=neurecon_optuna``: Optuna on a current release, same config shape as
-hydra-optuna-sweeper (``sampler``, ``direction``, ``study_name``, ``storage``, ``n_trials``,
-``n_jobs``, ``params`` in Hydra's sweep syntax), plus:
+hydra-optuna-sweeper (``direction``, ``study_name``, ``storage``, ``n_trials``, ``n_jobs``,
+``params`` in Hydra's sweep syntax; the sampler and the pruner are ``_target_`` nodes chosen with
+``hydra/sweeper/sampler=tpe|random|nsga2`` and ``hydra/sweeper/pruner=median|hyperband``, or
+written out for any Optuna class), plus:
 
 - a persistent study (``load_if_exists``): re-running the same command resumes it;
 - a trial that raises (a crash, a diverged run) is recorded as FAIL and the sweep goes on;
@@ -23,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict  # noqa: UP035
+from typing import Any, Dict, List  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -37,26 +39,50 @@ from neurecon.storage import TRIAL_STORAGE_ENV, has_password, open_storage, reda
 log = logging.getLogger(__name__)
 
 
+def _node(target: str, **kwargs: Any) -> dict[str, Any]:
+    return {"_target_": target, **kwargs}
+
+
+# The sampler is partial: the sweeper calls it with a seed per trial (see ``_ask``).
+SAMPLERS = {
+    name: _node(f"optuna.samplers.{cls}", _partial_=True)
+    for name, cls in (
+        ("tpe", "TPESampler"),
+        ("random", "RandomSampler"),
+        ("nsga2", "NSGAIISampler"),
+    )
+}
+PRUNERS = {
+    # Two finished trials before judging, and from the first report on: sweeps here are short.
+    "median": _node("optuna.pruners.MedianPruner", n_startup_trials=2, n_warmup_steps=0),
+    "hyperband": _node("optuna.pruners.HyperbandPruner"),
+}
+
+
 @dataclass
 class NeureconOptunaSweeperConf:
     _target_: str = "hydra_plugins.neurecon_optuna_sweeper.sweeper.NeureconOptunaSweeper"
-    sampler: str = "tpe"  # tpe | random | nsga2
+    defaults: List[Any] = field(  # noqa: UP006
+        default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": None}]
+    )
+    sampler: Any = None  # a _partial_ sampler node: hydra/sweeper/sampler=tpe|random|nsga2
     direction: Any = "maximize"  # or a list, one per objective
     study_name: str = "neurecon"
     storage: Any = None  # null: in memory; PATH.journal, sqlite:///path.db, postgresql://...
     n_trials: int = 8
     n_jobs: int = 1  # trials launched together (with a parallel launcher, e.g. joblib)
     seed: Any = None
-    pruner: Any = None  # null | median | hyperband: stop trials from intermediate val PSNR
+    pruner: Any = None  # null, or a pruner node (hydra/sweeper/pruner=median|hyperband)
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006  (OmegaConf typing)
 
 
-ConfigStore.instance().store(
-    group="hydra/sweeper",
-    name="neurecon_optuna",
-    node=NeureconOptunaSweeperConf,
-    provider="neurecon",
-)
+_cs = ConfigStore.instance()
+_cs.store(group="hydra/sweeper", name="neurecon_optuna", node=NeureconOptunaSweeperConf,
+          provider="neurecon")  # fmt: skip
+for _name, _n in SAMPLERS.items():
+    _cs.store(group="hydra/sweeper/sampler", name=_name, node=_n, provider="neurecon")
+for _name, _n in PRUNERS.items():
+    _cs.store(group="hydra/sweeper/pruner", name=_name, node=_n, provider="neurecon")
 
 
 def _distribution(key: str, sweep: Any):
@@ -93,30 +119,19 @@ def _suggest(trial: Any, name: str, dist: Any) -> Any:
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-def _sampler(name: str, seed: Any):
-    import optuna
+def _built(node: Any, key: str) -> Any:
+    """A sampler / pruner node as Hydra instantiates it; a mapping (e.g. from Python) is
+    instantiated here. A bare name is the old string switch: say what to write instead."""
+    from hydra.utils import instantiate
 
-    samplers = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-    }
-    if name not in samplers:
-        raise ValueError(f"hydra.sweeper.sampler={name!r}; choose from {sorted(samplers)}")
-    return samplers[name](seed=seed)
-
-
-def _pruner(name: Any):
-    import optuna
-
-    if name is None:
-        return optuna.pruners.NopPruner()
-    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
-    if name not in pruners:
-        raise ValueError(f"hydra.sweeper.pruner={name!r}; choose null, {sorted(pruners)}")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    return pruners[name]()
+    if isinstance(node, str):
+        raise ValueError(
+            f"hydra.sweeper.{key}={node!r}: {key}s are _target_ nodes now; choose one with "
+            f"hydra/sweeper/{key}={node}"
+        )
+    if isinstance(node, dict) or OmegaConf.is_dict(node):
+        return instantiate(node)
+    return node
 
 
 class NeureconOptunaSweeper(Sweeper):
@@ -132,7 +147,9 @@ class NeureconOptunaSweeper(Sweeper):
         params: dict[str, str],
         pruner: Any = None,
     ) -> None:
-        self.sampler_name, self.study_name, self.storage = sampler, study_name, storage
+        self.sampler = _built(sampler if sampler is not None else SAMPLERS["tpe"], "sampler")
+        self.pruner = _built(pruner, "pruner")
+        self.study_name, self.storage = study_name, storage
         self.directions = (
             list(direction)
             if isinstance(direction, list | tuple) or (OmegaConf.is_list(direction))
@@ -140,7 +157,6 @@ class NeureconOptunaSweeper(Sweeper):
         )
         self.n_trials, self.n_jobs, self.seed = int(n_trials), max(1, int(n_jobs)), seed
         self.params = dict(params or {})
-        self.pruner_name = pruner
         if pruner is not None and storage is None:
             raise ValueError("hydra.sweeper.pruner needs a storage (trials report through it)")
 
@@ -208,7 +224,7 @@ class NeureconOptunaSweeper(Sweeper):
         two workers with one seed draw the same values; trial numbers are unique in a study.
         """
         trial = study.ask()
-        study.sampler = _sampler(self.sampler_name, _trial_seed(self.seed, trial.number))
+        study.sampler = self.sampler(seed=_trial_seed(self.seed, trial.number))
         for name, dist in space.items():
             _suggest(trial, name, dist)
         return trial
@@ -226,10 +242,10 @@ class NeureconOptunaSweeper(Sweeper):
                 return optuna.create_study(
                     study_name=self.study_name,
                     storage=open_storage(self.storage),
-                    sampler=_sampler(self.sampler_name, self.seed),
+                    sampler=self.sampler(seed=self.seed),
                     directions=self.directions,
                     load_if_exists=True,
-                    pruner=_pruner(self.pruner_name),
+                    pruner=self.pruner or optuna.pruners.NopPruner(),
                 )
             except Exception as e:  # SQLAlchemy integrity / operational errors from the race
                 if self.storage is None or i == attempts - 1:
@@ -241,7 +257,7 @@ class NeureconOptunaSweeper(Sweeper):
         raise AssertionError("unreachable")
 
     def _pruning_overrides(self, trial: Any) -> tuple[str, ...]:
-        if self.pruner_name is None:
+        if self.pruner is None:
             return ()
         # No storage URL here: it may hold credentials, and this override is saved with the
         # trial's config and logged to W&B. Trials read it from TRIAL_STORAGE_ENV.

@@ -91,7 +91,7 @@ class ColmapScene(Scene):
         test_every: int = 8,
         inlier_quantile: float = 0.95,
         margin: float = 1.1,
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         rootp = Path(root).expanduser()
         rec = read_model(rootp / model)
@@ -148,6 +148,6 @@ class ColmapScene(Scene):
             to_world=to_world,
             train_ids=train,
             test_ids=test,
-            background=background,
+            background_color=background_color,
             name=rootp.name,
         )

@@ -82,7 +82,7 @@ class NeuSScene(Scene):
         downscale: int = 1,
         test_every: int = 8,
         train_on_test: bool = False,
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         if root is None or str(root) in ("", "???"):
             raise DatasetError("dataset.root is not set: point it at a NeuS-format scene folder")
@@ -160,6 +160,6 @@ class NeuSScene(Scene):
             train_ids=train,
             test_ids=test,
             masks=masks,
-            background=background,
+            background_color=background_color,
             name=rootp.name,
         )

@@ -92,7 +92,7 @@ class BlenderScene(Scene):
 
     Args:
         root: scene folder.  radius: world radius mapped to the unit sphere (objects lie in
-            [-1.5, 1.5]³).  background: RGB the alpha is composited over.
+            [-1.5, 1.5]³).  background_color: RGB the alpha is composited over.
         test_split: split used for test metrics (``test`` or ``val``).  test_limit: keep at
             most this many test views (evenly spaced; null: all).
     """
@@ -102,7 +102,7 @@ class BlenderScene(Scene):
         root: str,
         downscale: int = 1,
         radius: float = 1.5,
-        background: Sequence[float] = (1.0, 1.0, 1.0),
+        background_color: Sequence[float] = (1.0, 1.0, 1.0),
         test_split: str = "test",
         test_limit: int | None = 8,
         use_mask: bool = True,
@@ -126,7 +126,7 @@ class BlenderScene(Scene):
                 rgb, alpha = load_rgba(img_path, downscale)
                 if alpha is None:
                     alpha = np.full(rgb.shape[:2], 255, np.uint8)
-                images.append(composite(rgb, alpha, background))
+                images.append(composite(rgb, alpha, background_color))
                 masks.append(np.where(alpha > 127, 255, 0).astype(np.uint8))
                 H, W = rgb.shape[:2]
                 f = 0.5 * W / math.tan(0.5 * float(meta["camera_angle_x"]))
@@ -143,7 +143,7 @@ class BlenderScene(Scene):
             train_ids=split["train"],
             test_ids=split["test"],
             masks=masks if use_mask else None,
-            background=background,
+            background_color=background_color,
             name=rootp.name,
         )
 
@@ -169,7 +169,7 @@ class NGPScene(Scene):
         downscale: int = 1,
         radius: float | None = None,
         test_every: int = 8,
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
         use_mask: bool = False,
     ) -> None:
         rootp = Path(root).expanduser()
@@ -204,7 +204,7 @@ class NGPScene(Scene):
                 rgb, ok = undistort(rgb, K, distort)
                 if alpha is not None:
                     alpha = undistort(alpha[..., None], K, distort)[0][..., 0]
-            images.append(rgb if alpha is None else composite(rgb, alpha, background))
+            images.append(rgb if alpha is None else composite(rgb, alpha, background_color))
             masks.append(None if alpha is None else np.where(alpha > 127, 255, 0).astype(np.uint8))
             valid.append(ok)
             Ks.append(K)
@@ -235,7 +235,7 @@ class NGPScene(Scene):
             train_ids=train,
             test_ids=test,
             masks=masks if use_masks else None,
-            background=background,
+            background_color=background_color,
             name=rootp.name,
             valid=valid,
         )
@@ -282,7 +282,7 @@ class LLFFScene(Scene):
         factor: int = 8,
         test_every: int = 8,
         margin: float = 1.05,
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         rootp = Path(root).expanduser()
         pb_path = rootp / "poses_bounds.npy"
@@ -328,6 +328,6 @@ class LLFFScene(Scene):
             to_world=to_world,
             train_ids=train,
             test_ids=test,
-            background=background,
+            background_color=background_color,
             name=rootp.name,
         )

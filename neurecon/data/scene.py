@@ -50,7 +50,7 @@ class Scene:
         K: (V, 3, 3) float32 intrinsics.   c2w: (V, 4, 4) float32, normalised frame.
         to_world: (4, 4) float64, normalised frame → dataset world frame (NeuS ``scale_mat``).
         train_ids / test_ids: view indices.
-        background: (3,) colour the images show where the mask is 0 (used for masked scenes).
+        background_color: (3,) colour the images show where the mask is 0 (used for masked scenes).
         gt_points: (N, 3) float64 ground-truth surface points in WORLD coordinates, or None.
 
     Args:
@@ -67,7 +67,7 @@ class Scene:
         train_ids: Sequence[int],
         test_ids: Sequence[int],
         masks: np.ndarray | Sequence[np.ndarray] | None = None,
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
         gt_points: np.ndarray | None = None,
         name: str = "scene",
         valid: np.ndarray | Sequence[np.ndarray | None] | None = None,
@@ -121,7 +121,7 @@ class Scene:
         self.to_world = np.asarray(to_world, dtype=np.float64)
         self.train_ids = torch.as_tensor(list(train_ids), dtype=torch.long)
         self.test_ids = torch.as_tensor(list(test_ids), dtype=torch.long)
-        self.background = torch.as_tensor(background, dtype=torch.float32)
+        self.background_color = torch.as_tensor(background_color, dtype=torch.float32)
         self.gt_points = gt_points
 
     @property

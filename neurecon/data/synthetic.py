@@ -149,13 +149,13 @@ class SyntheticScene(Scene):
         resolution: image height and width in pixels.
         fov_deg: horizontal field of view.   cam_distance: in units of the bounding sphere.
         world_scale / world_offset: the normalised → world transform (a NeuS ``scale_mat``).
-        background: RGB shown where the object is absent.
+        background_color: RGB shown where the object is absent.
         num_gt_points: exact surface points (world frame) kept for Chamfer distance.
         texture: ``smooth`` (learnable albedo) or ``noise`` (detailed, for structure from motion).
         orbit_elevation_deg: null = cameras spread over a sphere; a number = a ring of cameras
             at that elevation (neighbouring views overlap strongly).
         env_background: show a procedural environment (a function of the ray direction, i.e.
-            infinitely far away) instead of the constant ``background`` — for testing unmasked
+            infinitely far away) instead of the constant ``background_color`` — for testing unmasked
             training with a background model.
         image_sizes: null = every view ``resolution``²; else a list of ``[H, W]`` that the views
             cycle through (mixed portrait / landscape captures), each with the focal length
@@ -173,7 +173,7 @@ class SyntheticScene(Scene):
         world_scale: float = 2.5,
         world_offset: Sequence[float] = (0.7, -0.4, 1.3),
         light_dir: Sequence[float] = (0.4, -0.3, 0.85),
-        background: Sequence[float] = (0.0, 0.0, 0.0),
+        background_color: Sequence[float] = (0.0, 0.0, 0.0),
         num_gt_points: int = 100_000,
         seed: int = 0,
         texture: str = "smooth",
@@ -227,7 +227,7 @@ class SyntheticScene(Scene):
         K_n, c2w_n, to_world = cameras_from_neus(world_mats, [to_world] * num_views, "synthetic")
 
         light = torch.tensor(light_dir, dtype=torch.float32)
-        bg = torch.tensor(background, dtype=torch.float32)
+        bg = torch.tensor(background_color, dtype=torch.float32)
         self.env_background = env_background
         self.light, self.bg = light / light.norm(), bg
         images, masks = self._render(K_n, c2w_n, sizes)
@@ -240,7 +240,7 @@ class SyntheticScene(Scene):
             train_ids=train,
             test_ids=test,
             masks=masks,
-            background=background,
+            background_color=background_color,
             gt_points=gt,
             name=f"synthetic_{shape}",
         )

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
 
 import torch
 
 from neurecon.errors import ConfigError
 
-METRIC_DEFAULTS: dict[str, Any] = {
-    "lpips_net": "alex",
-    "dtu_gt_root": None,
-    "dtu_scan": None,
-    "dtu_mask_dilate": 12,
-}
+
+@dataclass
+class MetricOptions:
+    """The ``metrics`` node: a typed config (:mod:`neurecon.schema`), documented in
+    ``conf/config.yaml``."""
+
+    lpips_net: Optional[str] = "alex"  # noqa: UP045  (OmegaConf reads the annotation)
+    dtu_gt_root: Optional[str] = None  # noqa: UP045
+    dtu_scan: Optional[int] = None  # noqa: UP045
+    dtu_mask_dilate: int = 12
+
+
+METRIC_DEFAULTS: dict[str, Any] = asdict(MetricOptions())
 
 
 def metric_options(metrics: Mapping[str, Any] | None) -> dict[str, Any]:

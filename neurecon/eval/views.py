@@ -39,7 +39,7 @@ def render_view(
     field.eval()
     renderer.eval()
     H, W = scene.size(view)
-    bg = scene.background.to(device)
+    bg = scene.background_color.to(device)
 
     def render(chunk: int) -> dict[str, np.ndarray]:
         # Written in place chunk by chunk: no list of parts and no concatenated copy.

@@ -18,7 +18,7 @@ class NeRFField(nn.Module):
         hidden_dim, n_layers, feature_dim, color_hidden_dim, color_layers: MLP sizes.
         density_bias: added before the exp activation (negative: start near-empty).
         mesh_density: density iso-level used for mesh extraction.
-        background / background_net: as for :class:`~neurecon.fields.NeuSField`.
+        background_model / background_net: as for :class:`~neurecon.fields.NeuSField`.
     """
 
     kind = "density"
@@ -34,7 +34,7 @@ class NeRFField(nn.Module):
         color_layers: int = 2,
         density_bias: float = -1.0,
         mesh_density: float = 10.0,
-        background: str = "auto",
+        background_model: str = "auto",
         background_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -45,8 +45,10 @@ class NeRFField(nn.Module):
         )
         self.act = TruncExp()
         self.density_bias, self.mesh_density = density_bias, mesh_density
-        if background not in BACKGROUND_MODES:
-            raise ConfigError(f"field.background={background!r}; choose from {BACKGROUND_MODES}")
+        if background_model not in BACKGROUND_MODES:
+            raise ConfigError(
+                f"field.background_model={background_model!r}; choose from {BACKGROUND_MODES}"
+            )
         self.background_net = background_net
 
     def _density_feat(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,7 +27,7 @@ class NeuSField(nn.Module):
         beta: softplus sharpness (100 as in NeuS; smooth second derivatives for the eikonal term).
         variance_init: ``inv_s = exp(10 * variance_init)`` at the start (0.3 → ~20).
         weight_norm: weight-normalised linear layers as in NeuS.
-        background: ``auto`` (a background field when the scene has no masks; decided by
+        background_model: ``auto`` (a background field when the scene has no masks; decided by
             ``neurecon.build``), ``none`` or ``nerfpp``.   background_net: that field, or None.
     """
 
@@ -47,7 +47,7 @@ class NeuSField(nn.Module):
         beta: float = 100.0,
         variance_init: float = 0.3,
         weight_norm: bool = True,
-        background: str = "auto",
+        background_model: str = "auto",
         background_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -69,8 +69,10 @@ class NeuSField(nn.Module):
                 if isinstance(m, nn.Linear):
                     nn.utils.parametrizations.weight_norm(m)
         self.variance = nn.Parameter(torch.tensor(float(variance_init)))
-        if background not in BACKGROUND_MODES:
-            raise ConfigError(f"field.background={background!r}; choose from {BACKGROUND_MODES}")
+        if background_model not in BACKGROUND_MODES:
+            raise ConfigError(
+                f"field.background_model={background_model!r}; choose from {BACKGROUND_MODES}"
+            )
         self.background_net = background_net
 
     def _geometric_init(self, radius: float, in_raw: int) -> None:

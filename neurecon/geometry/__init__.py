@@ -1,5 +1,5 @@
 """Geometry utilities: marching cubes in world coordinates."""
 
-from neurecon.geometry.mesh import evaluate_grid, extract_mesh
+from neurecon.geometry.mesh import extract_mesh, sample_grid
 
-__all__ = ["evaluate_grid", "extract_mesh"]
+__all__ = ["extract_mesh", "sample_grid"]

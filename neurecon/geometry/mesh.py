@@ -14,7 +14,7 @@ from neurecon.errors import MeshExtractionError
 
 
 @torch.no_grad()
-def evaluate_grid(
+def sample_grid(
     fn: Callable[[Tensor], Tensor],
     resolution: int,
     bound: float = 1.0,
@@ -58,7 +58,7 @@ def extract_mesh(
     """
     if resolution < 8:
         raise MeshExtractionError(f"mesh resolution must be >= 8, got {resolution}")
-    vol = evaluate_grid(fn, resolution, bound, chunk, device)
+    vol = sample_grid(fn, resolution, bound, chunk, device)
     if clip_to_sphere:
         g = np.linspace(-bound, bound, resolution, dtype=np.float32)
         r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)

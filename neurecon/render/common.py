@@ -1,4 +1,6 @@
-"""Functional volume-rendering helpers shared by the renderers (nerfacc-style small API)."""
+"""What the renderers share: the output type, rendering only rays that hit the unit sphere,
+the NeRF++ background network behind it, and the base class. The maths is in
+:mod:`neurecon.render.volrend`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.data.cameras import sphere_near_far
-from neurecon.render.occupancy import OccupancyGrid, eval_chunked, packed_transmittance
+from neurecon.render.occupancy import OccupancyGrid, eval_chunked
+from neurecon.render.volrend import density_alpha, packed_transmittance, render_weights_from_alpha
 
 
 @dataclass
@@ -30,47 +33,6 @@ class RenderOutput:
     eikonal: Tensor | None = None
     num_samples: int = 0
     extras: dict[str, Tensor] = field(default_factory=dict)
-
-
-def render_weights_from_alpha(alpha: Tensor) -> Tensor:
-    """Compositing weights ``w_i = α_i Π_{j<i} (1 - α_j)``. Shapes: (B, S) → (B, S)."""
-    trans = torch.cumprod(
-        torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], dim=-1), dim=-1
-    )[:, :-1]
-    return alpha * trans
-
-
-@torch.no_grad()
-def sample_pdf(bins: Tensor, weights: Tensor, n: int, det: bool = True) -> Tensor:
-    """Draw ``n`` samples per ray from the piecewise-constant pdf given by ``weights``.
-
-    Shapes: bins (B, S+1) edges, weights (B, S) → (B, n) ray distances.
-    """
-    weights = weights + 1e-5
-    pdf = weights / weights.sum(-1, keepdim=True)
-    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)
-    if det:
-        u = torch.linspace(0.5 / n, 1.0 - 0.5 / n, n, device=bins.device).expand(cdf.shape[0], n)
-    else:
-        u = torch.rand(cdf.shape[0], n, device=bins.device)
-    u = u.contiguous()
-    idx = torch.searchsorted(cdf, u, right=True)
-    below = (idx - 1).clamp_min(0)
-    above = idx.clamp_max(cdf.shape[-1] - 1)
-    cdf_lo, cdf_hi = cdf.gather(1, below), cdf.gather(1, above)
-    bin_lo, bin_hi = bins.gather(1, below), bins.gather(1, above)
-    denom = torch.where(cdf_hi - cdf_lo < 1e-5, torch.ones_like(cdf_lo), cdf_hi - cdf_lo)
-    return bin_lo + (u - cdf_lo) / denom * (bin_hi - bin_lo)
-
-
-def stratified(near: Tensor, far: Tensor, n: int, perturb: bool) -> Tensor:
-    """``n`` sorted distances in [near, far] per ray, jittered within strata when ``perturb``."""
-    t = torch.linspace(0.0, 1.0, n, device=near.device)
-    z = near[:, None] + (far - near)[:, None] * t
-    if perturb:
-        step = (far - near)[:, None] / n
-        z = z + (torch.rand_like(z) - 0.5) * step
-    return z
 
 
 def render_hits(
@@ -113,7 +75,7 @@ def render_background(
     B = o.shape[0]
     pts = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)
     out = net(pts, d[:, None].expand(B, n, 3).reshape(-1, 3))
-    w = render_weights_from_alpha(1 - torch.exp(-out.density.reshape(B, n) * delta))
+    w = render_weights_from_alpha(density_alpha(out.density.reshape(B, n), delta))
     return (w[..., None] * out.color.reshape(B, n, 3)).sum(1), w.sum(-1)
 
 
@@ -131,12 +93,14 @@ class SphereRenderer(nn.Module):
 
     def __init__(
         self,
-        background: Sequence[float] | None = None,
+        background_color: Sequence[float] | None = None,
         n_outside: int = 32,
         grid: OccupancyGrid | None = None,
     ) -> None:
         super().__init__()
-        self.background = None if background is None else torch.tensor(list(background)).float()
+        self.background_color = (
+            None if background_color is None else torch.tensor(list(background_color)).float()
+        )
         self.n_outside = n_outside
         self.grid = grid
 
@@ -197,20 +161,21 @@ class SphereRenderer(nn.Module):
         return eval_chunked(fn, x, d, chunk=self.grid.eval_chunk)
 
     def forward(
-        self, field: nn.Module, origins: Tensor, dirs: Tensor, background: Tensor
+        self, field: nn.Module, origins: Tensor, dirs: Tensor, background_color: Tensor
     ) -> RenderOutput:
         """Render rays (B, 3) in the normalised frame.
 
         Inside the unit sphere: the field. Behind it: the field's ``background_net`` when it has
-        one (also for rays that miss the sphere), then the constant ``background`` (3,) — the
-        renderer's own if configured.
+        one (also for rays that miss the sphere), then the constant ``background_color`` (3,) —
+        the renderer's own if configured.
         """
         if getattr(field, "kind", None) != self.field_kind:
             raise TypeError(
                 f"renderer={self.name} needs a {self.field_kind} field (field={self.name}), "
                 f"got {type(field).__name__}"
             )
-        const = self.background if self.background is not None else background
+        own = self.background_color
+        const = own if own is not None else background_color
         near, far, hit = sphere_near_far(origins, dirs)
         out = render_hits(
             origins, dirs, near, far, hit, lambda o, d, n, f: self._render_rays(field, o, d, n, f)

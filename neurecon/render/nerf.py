@@ -8,14 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
-from neurecon.render.common import (
-    RenderOutput,
-    SphereRenderer,
+from neurecon.render.common import RenderOutput, SphereRenderer
+from neurecon.render.occupancy import OccupancyGrid, eval_chunked
+from neurecon.render.volrend import (
+    accumulate,
+    density_alpha,
+    packed_weights,
     render_weights_from_alpha,
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import OccupancyGrid, accumulate, eval_chunked, packed_weights
 
 
 class NeRFRenderer(SphereRenderer):
@@ -25,7 +27,7 @@ class NeRFRenderer(SphereRenderer):
         n_samples: stratified samples per ray (coarse pass, no gradient).
         n_importance: samples drawn from the coarse weights (fine pass renders both sets).
         perturb: jitter during training.
-        background: RGB list, or null to use the scene's background colour.
+        background_color: RGB list, or null to use the scene's background colour.
         n_outside: samples per ray for the field's background network, when it has one.
         grid: an :class:`OccupancyGrid` — samples only in occupied cells, at its fixed step
             (``n_samples`` / ``n_importance`` then unused); None: dense two-pass sampling.
@@ -39,11 +41,11 @@ class NeRFRenderer(SphereRenderer):
         n_samples: int = 64,
         n_importance: int = 32,
         perturb: bool = True,
-        background: Sequence[float] | None = None,
+        background_color: Sequence[float] | None = None,
         n_outside: int = 32,
         grid: OccupancyGrid | None = None,
     ) -> None:
-        super().__init__(background, n_outside, grid)
+        super().__init__(background_color, n_outside, grid)
         if n_samples < 2 or n_importance < 0:
             raise ConfigError("renderer: need n_samples >= 2 and n_importance >= 0")
         self.n_samples, self.n_importance, self.perturb = n_samples, n_importance, perturb
@@ -55,21 +57,21 @@ class NeRFRenderer(SphereRenderer):
         pts = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)
         if not grad:
             sigma = field.density(pts).reshape(mid.shape)
-            return render_weights_from_alpha(1 - torch.exp(-sigma * delta)), mid, None
+            return render_weights_from_alpha(density_alpha(sigma, delta)), mid, None
         B, S = mid.shape
         out = field(pts, d[:, None].expand(B, S, 3).reshape(-1, 3))
-        weights = render_weights_from_alpha(1 - torch.exp(-out.density.reshape(B, S) * delta))
+        weights = render_weights_from_alpha(density_alpha(out.density.reshape(B, S), delta))
         return weights, mid, out
 
     @torch.no_grad()
     def occupancy(self, field: nn.Module, x: Tensor) -> Tensor:
         """Opacity of one marching step at ``x``: ``1 − exp(−σ · step)``."""
-        return 1.0 - torch.exp(-field.density(x) * self.grid.step_size)
+        return density_alpha(field.density(x), self.grid.step_size)
 
     @torch.no_grad()
     def visibility_alpha(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor) -> Tensor:
         """The samples' own opacity ``1 − exp(−σ·dt)`` from one density pass (no colour)."""
-        return 1.0 - torch.exp(-eval_chunked(field.density, x, chunk=self.grid.eval_chunk) * dt)
+        return density_alpha(eval_chunked(field.density, x, chunk=self.grid.eval_chunk), dt)
 
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         """Samples in occupied cells only, composited per ray (packed layout)."""
@@ -77,7 +79,7 @@ class NeRFRenderer(SphereRenderer):
         ray, t0, t1, mid = self._packed_samples(field, o, d, near, far)
         dirs = d[ray]
         out = self._eval_packed(field, o[ray] + dirs * mid[:, None], dirs)
-        w = packed_weights(1.0 - torch.exp(-out.density * (t1 - t0)), ray, B)
+        w = packed_weights(density_alpha(out.density, t1 - t0), ray, B)
         return RenderOutput(
             color=accumulate(w[:, None] * out.color, ray, B),
             opacity=accumulate(w, ray, B),

@@ -13,21 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
-from neurecon.render.common import (
-    RenderOutput,
-    SphereRenderer,
+from neurecon.render.common import RenderOutput, SphereRenderer
+from neurecon.render.occupancy import OccupancyGrid, eval_chunked
+from neurecon.render.volrend import (
+    accumulate,
+    neus_alpha,
+    packed_weights,
     render_weights_from_alpha,
     sample_pdf,
     stratified,
 )
-from neurecon.render.occupancy import OccupancyGrid, accumulate, eval_chunked, packed_weights
-
-
-def _neus_alpha(sdf_prev: Tensor, sdf_next: Tensor, inv_s: Tensor | float) -> Tensor:
-    """Discrete opacity between two SDF values (eq. 13 of NeuS)."""
-    prev_cdf = torch.sigmoid(sdf_prev * inv_s)
-    next_cdf = torch.sigmoid(sdf_next * inv_s)
-    return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
 def _inv_s(field: nn.Module) -> Tensor:
@@ -43,7 +38,7 @@ class NeuSRenderer(SphereRenderer):
         up_sample_steps: rounds of up-sampling (sharpness 64·2^i as in NeuS).
         perturb: jitter uniform samples during training.
         anneal_end: steps over which the cos-anneal ratio goes 0 → 1 (0: no annealing).
-        background: RGB list, or null to use the scene's background colour.
+        background_color: RGB list, or null to use the scene's background colour.
         n_outside: samples per ray for the field's background network, when it has one.
         grid: an :class:`OccupancyGrid` — samples only in occupied cells, at its fixed step
             (``n_samples`` / ``n_importance`` then unused); None: dense hierarchical sampling.
@@ -62,12 +57,12 @@ class NeuSRenderer(SphereRenderer):
         up_sample_steps: int = 2,
         perturb: bool = True,
         anneal_end: int = 0,
-        background: Sequence[float] | None = None,
+        background_color: Sequence[float] | None = None,
         n_outside: int = 32,
         grid: OccupancyGrid | None = None,
         n_eikonal: int = 1024,
     ) -> None:
-        super().__init__(background, n_outside, grid)
+        super().__init__(background_color, n_outside, grid)
         self.n_eikonal = int(n_eikonal)
         if n_samples < 2 or n_importance < 0 or up_sample_steps < 0:
             raise ConfigError("renderer: need n_samples >= 2, n_importance >= 0")
@@ -91,7 +86,7 @@ class NeuSRenderer(SphereRenderer):
         inv_s = float(_inv_s(field))
         a = (field.sdf(x).abs() - self.grid.cell_radius).clamp_min(0.0)
         half = 0.5 * self.grid.step_size
-        return _neus_alpha(a + half, a - half, inv_s)
+        return neus_alpha(a + half, a - half, inv_s)
 
     def _alpha(self, field: nn.Module, out, d: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
         """Unbiased NeuS alpha of samples with SDF ``out.sdf`` and gradient ``out.gradient``
@@ -105,7 +100,7 @@ class NeuSRenderer(SphereRenderer):
         r = self.cos_anneal_ratio
         iter_cos = -(torch.relu(-true_cos * 0.5 + 0.5) * (1 - r) + torch.relu(-true_cos) * r)
         half = iter_cos * dists * 0.5
-        return _neus_alpha(out.sdf - half, out.sdf + half, inv_s), inv_s
+        return neus_alpha(out.sdf - half, out.sdf + half, inv_s), inv_s
 
     def _eikonal_points(self, field: nn.Module, like: Tensor) -> Tensor:
         """Squared eikonal residuals (M,) at ``n_eikonal`` random points in the unit ball."""
@@ -124,7 +119,7 @@ class NeuSRenderer(SphereRenderer):
         sdf = eval_chunked(field.sdf, x, chunk=self.grid.eval_chunk)
         same = torch.zeros_like(ray, dtype=torch.bool)
         same[:-1] = ray[1:] == ray[:-1]  # the next sample belongs to the same ray
-        alpha = _neus_alpha(sdf, torch.roll(sdf, -1), float(_inv_s(field)))
+        alpha = neus_alpha(sdf, torch.roll(sdf, -1), float(_inv_s(field)))
         return torch.where(same, alpha, torch.zeros_like(sdf))
 
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
@@ -162,7 +157,7 @@ class NeuSRenderer(SphereRenderer):
         cos = (next_sdf - prev_sdf) / (dist + 1e-5)
         cos = torch.minimum(torch.cat([torch.zeros_like(cos[:, :1]), cos[:, :-1]], -1), cos)
         cos = cos.clamp(-1e3, 0.0) * inside  # only surfaces entered from outside
-        alpha = _neus_alpha(mid_sdf - cos * dist * 0.5, mid_sdf + cos * dist * 0.5, inv_s)
+        alpha = neus_alpha(mid_sdf - cos * dist * 0.5, mid_sdf + cos * dist * 0.5, inv_s)
         return sample_pdf(z, render_weights_from_alpha(alpha), n, det=True)
 
     def _render_rays(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):

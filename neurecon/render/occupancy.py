@@ -279,27 +279,6 @@ class OccupancyGrid(nn.Module):
         return ray.long(), t0, t1
 
 
-def packed_transmittance(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
-    """Exclusive transmittance ``Π_{j<i} (1 − α_j)`` of packed samples (sorted by ray).
-
-    Shapes: alpha (N,), ray (N,) long → (N,). A cumulative sum of ``log(1 − α)`` minus its
-    value at each ray's first sample, in float64 so that long packed arrays (millions of
-    samples) do not lose the small per-ray sums to cancellation.
-    """
-    if alpha.numel() == 0:
-        return alpha
-    log_t = torch.log1p(-alpha.double().clamp(max=1.0 - 1e-7))
-    excl = torch.cumsum(log_t, 0) - log_t
-    counts = torch.bincount(ray, minlength=n_rays)
-    first = torch.cumsum(counts, 0) - counts  # index of each ray's first sample
-    return torch.exp(excl - excl[first[ray]]).to(alpha.dtype)
-
-
-def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
-    """Compositing weights ``α_i Π_{j<i} (1 − α_j)`` for packed samples (sorted by ray)."""
-    return alpha * packed_transmittance(alpha, ray, n_rays)
-
-
 def eval_chunked(fn: Callable[..., Any], *inputs: Tensor, chunk: int) -> Any:
     """``fn(*inputs)`` over slices of at most ``chunk`` rows, outputs concatenated.
 
@@ -315,11 +294,3 @@ def eval_chunked(fn: Callable[..., Any], *inputs: Tensor, chunk: int) -> Any:
         return torch.cat(outs)
     names = [f.name for f in dataclasses.fields(outs[0])]
     return type(outs[0])(**{k: torch.cat([getattr(o, k) for o in outs]) for k in names})
-
-
-def accumulate(values: Tensor, ray: Tensor, n_rays: int) -> Tensor:
-    """Per-ray sums of packed ``values`` (N, C) or (N,) → (B, C) or (B,), in float32 (under
-    autocast the field's outputs may be half precision; sums of many samples should not be)."""
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    out = values.new_zeros((n_rays, *values.shape[1:]), dtype=dtype)
-    return out.index_add(0, ray, values.to(dtype))

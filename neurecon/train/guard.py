@@ -37,7 +37,19 @@ class _Snapshot:
 
 
 @dataclass
-class NaNGuard:
+class GuardSettings:
+    """``trainer.guard``: a typed config node (:mod:`neurecon.schema`), so Hydra itself rejects
+    an unknown key or a wrong type."""
+
+    enabled: bool = True
+    max_bad_steps: int = 5
+    snapshot_every: int = 100
+    lr_factor: float = 0.5
+    max_rollbacks: int = 3
+
+
+@dataclass
+class NaNGuard(GuardSettings):
     """Watches every step for non-finite loss, gradients or key parameters.
 
     A bad step is skipped. After ``max_bad_steps`` bad steps in a row the model, optimizer and
@@ -46,11 +58,6 @@ class NaNGuard:
     rollbacks the run stops with :class:`TrainingDiverged`.
     """
 
-    enabled: bool = True
-    max_bad_steps: int = 5
-    snapshot_every: int = 100
-    lr_factor: float = 0.5
-    max_rollbacks: int = 3
     events: list[GuardEvent] = field(default_factory=list)
     skipped: int = 0
     rollbacks: int = 0

@@ -38,7 +38,8 @@ def mask_loss(opacity: Tensor, mask: Tensor) -> Tensor:
 
 @dataclass
 class LossWeights:
-    """``trainer.loss``: weights of the colour, eikonal and mask terms, and the colour loss."""
+    """``trainer.loss``: weights of the colour, eikonal and mask terms, and the colour loss.
+    A typed config node (:mod:`neurecon.schema`): Hydra itself rejects unknown keys."""
 
     color: float = 1.0
     eikonal: float = 0.1
@@ -53,9 +54,10 @@ class LossWeights:
 
     @classmethod
     def from_mapping(cls, loss: Mapping[str, Any] | None) -> LossWeights:
+        """From a ``trainer.loss`` node (or a plain dict, for Python callers)."""
         known = {f.name for f in fields(cls)}
         unknown = set(loss or {}) - known
-        if unknown:
+        if unknown:  # reached only from Python: composed configs fail in Hydra first
             raise ConfigError(
                 f"trainer.loss: unknown key(s) {sorted(unknown)}; known {sorted(known)}"
             )

@@ -214,7 +214,7 @@ class Trainer:
         sets ``self.train_time`` (seconds, earlier sessions included) and ``self.step``."""
         scene, field, renderer = self.scene, state.field, state.renderer
         opt, sched = state.optimizer, state.scheduler
-        bg = scene.background.to(self.device)
+        bg = scene.background_color.to(self.device)
         use_mask = self.use_mask is not False and scene.masks is not None
         amp_dtype = self.amp_dtype
         state.t0, samples_total = time.time(), 0
