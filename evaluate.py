@@ -32,22 +32,14 @@ log = logging.getLogger("evaluate")
 def recompute(run_dir: Path) -> None:
     """Re-render the test views and re-extract the mesh from the run's newest checkpoint."""
     from neurecon.eval import evaluate_run
-    from neurecon.runs import build_run
-    from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
+    from neurecon.runs import load_trained_run
     from neurecon.train.lock import run_folder_lock
 
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if not (run_dir / ".hydra" / "config.yaml").is_file() or ckpt is None:
-        raise NeuReconError(f"{run_dir}: --recompute needs .hydra/config.yaml and a checkpoint")
     # The saved config is untrusted: only allow-listed targets are built (neurecon.runs).
-    run, settings = build_run(run_dir)
-    state = load_checkpoint(ckpt, settings.device)
-    run.field.load_state_dict(state["field"])
-    if state.get("renderer"):  # the occupancy grid, when the renderer has one
-        run.renderer.load_state_dict(state["renderer"])
+    run, settings, step, ckpt = load_trained_run(run_dir)
     old = run_dir / "metrics.json"
     base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}
-    base.update({"status": base.get("status", "completed"), "steps": int(state["step"])})
+    base.update({"status": base.get("status", "completed"), "steps": step})
     log.info("recomputing %s from %s", run_dir, ckpt.name)
     with run_folder_lock(run_dir):  # never write beside a live run
         evaluate_run(run.scene, run.field, run.renderer, run_dir, settings, base)

@@ -114,11 +114,36 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def build_run(run_dir: str | Path):
+def build_run(run_dir: str | Path, device: Any = None):
     """The :class:`neurecon.build.Run` of a saved run folder (scene, field, renderer; no
-    trainer), built through the allow-list, and its evaluation settings."""
+    trainer), built through the allow-list, and its evaluation settings (on ``device``, else
+    the run's own device when this machine has it, else the CPU)."""
     from neurecon.build import build
     from neurecon.eval import EvalSettings
 
     cfg = load_run_config(run_dir)
-    return build(cfg, with_trainer=False), EvalSettings.from_config(cfg)
+    return build(cfg, with_trainer=False), EvalSettings.from_config(cfg, device)
+
+
+def load_trained_run(run_dir: str | Path, device: Any = None):
+    """:func:`build_run` with the field and renderer restored from the newest checkpoint
+    (``weights_only``). Returns (run, settings, step, checkpoint path)."""
+    from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if not (run_dir / ".hydra" / "config.yaml").is_file() or ckpt is None:
+        raise NeuReconError(
+            f"{run_dir}: not a trained run folder (needs .hydra/config.yaml and "
+            "checkpoints/step_*.ckpt)"
+        )
+    run, settings = build_run(run_dir, device)
+    state = load_checkpoint(ckpt, settings.device)
+    run.field.load_state_dict(state["field"])
+    if state.get("renderer"):  # the occupancy grid, when the renderer has one
+        run.renderer.load_state_dict(state["renderer"])
+    run.field.to(settings.device)
+    run.renderer.to(settings.device)
+    run.renderer.setup(settings.device)
+    run.renderer.ensure_grid(run.field)
+    return run, settings, int(state["step"]), ckpt

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, TINY
 from wandb_records import read_run
@@ -45,10 +46,20 @@ def test_wandb_offline_run_has_history_summary_and_no_key(tmp_path):
         *RUN,
         "logger=wandb",
         "logger.mode=auto",
+        "trainer.video_frames=3",
         env={"WANDB_API_KEY": None, "WANDB_MODE": None},
     )
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = _wandb_runs(tmp_path)
+    # The coloured mesh as an Object3D point cloud (x, y, z, r, g, b), the turntable as a video.
+    media = {k: v for row in run["history"] for k, v in row.items() if k.startswith("turntable/")}
+    media.update({k: v for row in run["history"] for k, v in row.items() if k.startswith("mesh/_")})
+    media.update({k: v for row in run["history"] for k, v in row.items() if k == "mesh/path"})
+    assert media["mesh/_type"] == "object3D-file" and media["turntable/_type"] == "video-file"
+    (pts,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / media["mesh/path"]))
+    cloud = np.asarray(json.loads(Path(pts).read_text()))
+    assert cloud.shape[1] == 6 and cloud[:, 3:].std() > 0  # colours, not one grey
+    assert (tmp_path / "turntable.mp4").is_file()
     keys = set().union(*run["history"])
     for k in (
         "loss",

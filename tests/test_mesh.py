@@ -47,3 +47,27 @@ def test_mesh_picture_frames_an_off_centre_scaled_object(tmp_path):
         assert rows.min() > 0 and cols.min() > 0 and rows.max() < 127 and cols.max() < 127
         assert abs(rows.mean() - 63.5) < 3 and abs(cols.mean() - 63.5) < 3
         assert len(np.unique(img[rows, cols + k * 128, 0])) > 10  # shaded, not flat
+
+
+def test_the_sphere_clip_leaves_no_cap_behind():
+    """A field still negative at the unit sphere (a slab under the object, as an unmasked
+    table, or space no camera constrains) is clipped there; the clip's own faces are dropped,
+    the field's surfaces (the object, the slab's top) are kept."""
+    import torch
+
+    def field(x):
+        ball = x.norm(dim=-1) - 0.4
+        slab = x[:, 2] + 0.85  # negative below z = -0.85, out to the sphere and beyond
+        return torch.minimum(ball, slab)
+
+    to_world = np.diag([3.0, 3.0, 3.0, 1.0])
+    to_world[:3, 3] = [10.0, -4.0, 2.0]
+    mesh = extract_mesh(field, to_world, resolution=96, block=40)
+    v = (mesh.vertices - to_world[:3, 3]) / 3.0
+    r = np.linalg.norm(v, axis=1)
+    spacing = 2.0 / 95
+    on_sphere = np.abs(r - 1.0) < 0.1 * spacing
+    assert not on_sphere[mesh.faces].all(axis=1).any()  # no face of the cap survives
+    assert (np.abs(v[:, 2] + 0.85) < 1e-3).sum() > 100  # the slab's top is still there
+    assert (np.abs(r - 0.4) < 0.02).sum() > 1000  # and the object
+    assert v[:, 2].min() > -0.85 - 2 * spacing  # nothing below the slab's rim: no cap

@@ -245,14 +245,19 @@ class SyntheticScene(Scene):
             name=f"synthetic_{shape}",
         )
 
+    def surface_color(self, x: Tensor) -> Tensor:
+        """Exact colour (N, 3) of surface points ``x`` (N, 3), normalised frame: the albedo
+        under the scene's fixed light (Lambertian: the same from every direction)."""
+        n = sdf_gradient(self.sdf, x)
+        n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        shade = 0.3 + 0.7 * (n @ self.light).clamp_min(0)
+        return (self.albedo(x) * shade[:, None]).clamp(0, 1)
+
     def render_rays(self, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         """Exact colour (B, 3) in [0, 1] and hit mask (B,) of rays (B, 3) in the normalised
         frame: sphere tracing and Lambertian shading (tests render other cameras with it)."""
         x, hit = sphere_trace(self.sdf, o, d)
-        n = sdf_gradient(self.sdf, x)
-        n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        shade = 0.3 + 0.7 * (n @ self.light).clamp_min(0)
-        rgb = (self.albedo(x) * shade[:, None]).clamp(0, 1)
+        rgb = self.surface_color(x)
         back = environment(d) if self.env_background else self.bg.expand_as(rgb)
         return torch.where(hit[:, None], rgb, back), hit
 

@@ -13,10 +13,8 @@ from torch import nn
 
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, MeshExtractionError
+from neurecon.eval.export import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
-from neurecon.geometry import extract_mesh
-from neurecon.io import atomic_write
-from neurecon.memory import retry_on_oom
 from neurecon.metrics import chamfer, sample_surface
 from neurecon.metrics.dtu import evaluate_dtu_mesh
 
@@ -26,28 +24,18 @@ log = logging.getLogger(__name__)
 def mesh_metrics(
     scene: Scene, field: nn.Module, out: Path, settings: EvalSettings
 ) -> tuple[dict[str, Any], trimesh.Trimesh | None]:
-    """Extract ``out/mesh.ply`` in world coordinates; Chamfer against the ground truth when the
+    """Extract ``out/mesh.ply`` in world coordinates with vertex colours
+    (:func:`~neurecon.eval.export.export_mesh`); Chamfer against the ground truth when the
     scene has one, the DTU protocol when configured. Returns the metrics and the mesh (None
     without a mesh; ``mesh_error`` says why)."""
     if not settings.mesh_resolution:
         return {}, None
-    field.eval()
     try:
-        mesh, _ = retry_on_oom(
-            lambda chunk: extract_mesh(
-                field.geometry,
-                scene.to_world,
-                settings.mesh_resolution,
-                chunk=chunk,
-                device=settings.device,
-            ),
-            settings.chunk * 32,
-            "mesh extraction",
-        )
+        mesh = export_mesh(scene, field, settings, MeshOptions(settings.mesh_resolution))
     except MeshExtractionError as e:
         log.error("mesh extraction: %s", e)
         return {"mesh_error": str(e)}, None
-    atomic_write(out / "mesh.ply", lambda p: mesh.export(p, file_type="ply"))
+    write_mesh(mesh, out / "mesh.ply")
     res: dict[str, Any] = {"mesh": "mesh.ply", "mesh/vertices": len(mesh.vertices)}
     if scene.gt_points is not None and len(mesh.faces):
         gt = scene.gt_points

@@ -7,13 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio
 import numpy as np
 from torch import nn
 
 from neurecon.data.scene import Scene
+from neurecon.eval.export import turntable_video
 from neurecon.eval.mesh import mesh_metrics
 from neurecon.eval.settings import EvalSettings
+from neurecon.eval.summary import run_summary
 from neurecon.eval.views import score_views
+from neurecon.geometry.picture import mesh_picture
 from neurecon.io import write_json
 
 log = logging.getLogger(__name__)
@@ -48,14 +52,25 @@ def evaluate_run(
     metrics["test/per_view"] = per_view
     mres, mesh = mesh_metrics(scene, field, out, settings)
     metrics.update(mres)
-    if mesh is not None and logger is not None:
-        logger.log_mesh(step, out / "mesh.ply", np.asarray(mesh.vertices))
+    if mesh is not None and len(mesh.vertices):
+        picture = mesh_picture(mesh, out / "mesh.png")  # three views, framed on the object
+        metrics["mesh_picture"] = picture.name
+        if logger is not None:
+            colors = mesh.visual.vertex_colors if mesh.visual.kind == "vertex" else None
+            logger.log_mesh(step, out / "mesh.ply", np.asarray(mesh.vertices), colors)
+            logger.log_images(step, {"mesh_picture": iio.imread(picture) / 255.0})
+    if settings.video_frames > 0:
+        video = turntable_video(
+            scene, field, renderer, mesh, settings, out / "turntable.mp4", settings.video_frames
+        )
+        metrics["video"] = video.name
+        if logger is not None:
+            logger.log_video(step, "turntable", video)
     if "mesh_error" in metrics:  # finished, but the field has no usable surface
         metrics["status"] = "degenerate"
         metrics["error"] = metrics["mesh_error"]
     metrics["eval_time_s"] = time.time() - t0
     metrics["total_time_s"] = metrics.get("train_time_s", 0.0) + metrics["eval_time_s"]
     write_json(out / "metrics.json", metrics)
-    summary = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
-    log.info("metrics: %s", summary)
+    log.info("%s", run_summary(metrics, out))
     return metrics

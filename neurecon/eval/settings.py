@@ -40,7 +40,9 @@ class EvalSettings:
     """Args: device; chunk (rays per rendering chunk; halves on out-of-memory and stays so);
     mesh_resolution (0: no mesh); chamfer_points / chamfer_threshold (F-score threshold as a
     fraction of the object radius); seed (surface sampling); progress (bars); metrics (the
-    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_mask_dilate)."""
+    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_mask_dilate); video_frames (> 0:
+    a turntable video of that many frames); use_mask (``trainer.use_mask``: whether a masked
+    scene was trained with its masks, which decides the headline PSNR's reference)."""
 
     device: torch.device
     chunk: int = 2048
@@ -50,6 +52,8 @@ class EvalSettings:
     seed: int = 0
     progress: bool = True
     metrics: dict[str, Any] = field(default_factory=lambda: dict(METRIC_DEFAULTS))
+    video_frames: int = 0
+    use_mask: bool | str = "auto"
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device | None = None) -> EvalSettings:
@@ -69,4 +73,6 @@ class EvalSettings:
             seed=int(t.get("seed", 0)),
             progress=bool(t.get("progress", True)),
             metrics=metric_options(cfg.get("metrics")),
+            video_frames=int(t.get("video_frames", 0) or 0),
+            use_mask=t.get("use_mask", "auto"),
         )

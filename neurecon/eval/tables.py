@@ -21,12 +21,17 @@ from neurecon.io import atomic_write
 log = logging.getLogger(__name__)
 
 # (column header, metric keys in order of preference, format, lower is better)
-COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("PSNR↑", ("test/psnr",), "{:.2f}"),
     ("SSIM↑", ("test/ssim",), "{:.3f}"),
     ("LPIPS↓", ("test/lpips",), "{:.3f}"),
     ("Chamfer↓", ("dtu/overall", "chamfer/mean"), "{:.4g}"),
     ("time (s)", ("total_time_s", "train_time_s"), "{:.0f}"),
+]
+# Shown only when a run has them: masked scenes' other PSNRs (see neurecon.eval.views).
+OPTIONAL_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("PSNR object↑", ("test/psnr_masked",), "{:.2f}"),
+    ("PSNR photo↑", ("test/psnr_photo",), "{:.2f}"),
 ]
 FORMATS = ("markdown", "csv", "json", "latex")
 
@@ -141,12 +146,14 @@ def _fmt(v: float | None, f: str) -> str:
 
 def build_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Rows per run plus a mean row. Returns header, formatted rows, raw records."""
-    header = ["run", "scene", *[c[0] for c in COLUMNS]]
+    extra = [c for c in OPTIONAL_COLUMNS if any(r.value(c[1]) is not None for r in runs)]
+    columns = [*_COLUMNS[:1], *extra, *_COLUMNS[1:]]
+    header = ["run", "scene", *[c[0] for c in columns]]
     rows, raw = [], []
     for r in runs:
-        vals = [r.value(keys) for _, keys, _ in COLUMNS]
+        vals = [r.value(keys) for _, keys, _ in columns]
         rows.append(
-            [r.label, r.scene, *[_fmt(v, c[2]) for v, c in zip(vals, COLUMNS, strict=True)]]
+            [r.label, r.scene, *[_fmt(v, c[2]) for v, c in zip(vals, columns, strict=True)]]
         )
         raw.append(
             {
@@ -154,16 +161,16 @@ def build_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]], list
                 "scene": r.scene,
                 "path": str(r.path),
                 "status": r.metrics.get("status"),
-                **{c[0]: v for c, v in zip(COLUMNS, vals, strict=True)},
+                **{c[0]: v for c, v in zip(columns, vals, strict=True)},
             }
         )
     means = []
-    for c in COLUMNS:
+    for c in columns:
         vals = [x[c[0]] for x in raw if x[c[0]] is not None]
         means.append(sum(vals) / len(vals) if vals else None)
-    rows.append(["mean", "", *[_fmt(m, c[2]) for m, c in zip(means, COLUMNS, strict=True)]])
+    rows.append(["mean", "", *[_fmt(m, c[2]) for m, c in zip(means, columns, strict=True)]])
     raw.append(
-        {"run": "mean", "scene": "", **{c[0]: m for c, m in zip(COLUMNS, means, strict=True)}}
+        {"run": "mean", "scene": "", **{c[0]: m for c, m in zip(columns, means, strict=True)}}
     )
     return header, rows, raw
 
@@ -172,9 +179,13 @@ def pivot_table(
     runs: list[RunRecord], column: str
 ) -> tuple[list[str], list[list[str]], list[dict]]:
     """Paper-style table: one row per label, scenes as columns, mean at the end."""
-    spec = next((c for c in COLUMNS if c[0].lower().startswith(column.lower())), None)
+    spec = next(
+        (c for c in [*_COLUMNS, *OPTIONAL_COLUMNS] if c[0].lower().startswith(column.lower())), None
+    )
     if spec is None:
-        raise EvaluationError(f"--by-scene {column!r}: choose from {[c[0] for c in COLUMNS]}")
+        raise EvaluationError(
+            f"--by-scene {column!r}: choose from {[c[0] for c in [*_COLUMNS, *OPTIONAL_COLUMNS]]}"
+        )
     scenes = sorted({r.scene for r in runs}, key=lambda s: (len(s), s))
     labels = list(dict.fromkeys(r.label for r in runs))
     header = [spec[0], *scenes, "mean"]

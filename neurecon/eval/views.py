@@ -60,6 +60,15 @@ def render_view(
     return retry_on_oom(render, chunk, f"rendering view {view}")
 
 
+def composite_background(scene: Scene, renderer: nn.Module) -> np.ndarray | None:
+    """(3,) the colour a masked scene's render shows outside the object (the renderer's own
+    ``background_color`` when set, else the scene's), or None when the scene has no masks."""
+    if scene.masks is None:
+        return None
+    own = getattr(renderer, "background_color", None)
+    return (own if own is not None else scene.background_color).numpy().astype(np.float32)
+
+
 def score_views(
     scene: Scene,
     field: nn.Module,
@@ -74,8 +83,17 @@ def score_views(
     """PSNR / SSIM (and LPIPS) of ``views``; writes ``pred | gt | normal`` panels to
     ``folder/names[i]``. Returns the means as ``{prefix}/{metric}``, the per-view rows and the
     panels. Pixels without source data (``scene.valid_mask``) are not scored.
-    ``settings.chunk`` is updated when rendering had to shrink it."""
+    ``settings.chunk`` is updated when rendering had to shrink it.
+
+    The reference (the PSNR rule): a run trained with masks renders the object over the
+    background colour, and its photos keep their own background (DTU's table and wall, the NeuS
+    release's white). So the reference is the photo composited onto the render's background
+    colour with the mask (as instant-nsr-pl does): ``psnr`` / ``ssim`` / ``lpips`` score the
+    object, and a perfect render scores the maximum whatever the photo's background.
+    ``psnr_photo`` keeps the comparison with the untouched photo, ``psnr_masked`` the object's
+    pixels only. Without masks the photo is the reference."""
     per_view, panels, lpips_missing = [], {}, None
+    bg = composite_background(scene, renderer) if settings.use_mask is not False else None
     for v, name in tqdm(
         list(zip(views, names, strict=True)), disable=not settings.progress, desc="render",
         leave=False,
@@ -83,12 +101,15 @@ def score_views(
         img, settings.chunk = render_view(
             scene, field, renderer, v, settings.chunk, settings.device
         )
-        gt, m, valid = scene.image(v), scene.mask(v), scene.valid_mask(v)
+        photo, m, valid = scene.image(v), scene.mask(v), scene.valid_mask(v)
+        gt = photo if bg is None or m is None else np.where(m[..., None], photo, bg)
         pred = np.clip(img["color"], 0, 1)
         if valid is not None:  # no source data there (undistortion): not scored
             pred = np.where(valid[..., None], pred, gt)  # SSIM / LPIPS see no error there
             m = None if m is None else m & valid
         row = {"view": v, "psnr": psnr(pred, gt, valid), "ssim": ssim(pred, gt)}
+        if gt is not photo and not np.array_equal(gt, photo):  # the photo's own background
+            row["psnr_photo"] = psnr(pred, photo, valid)
         if m is not None and m.any():
             row["psnr_masked"] = psnr(pred, gt, m)
         net = settings.metrics["lpips_net"]
@@ -104,7 +125,7 @@ def score_views(
         panels[f"val/view_{v:03d}"] = panel
         atomic_write(folder / name, lambda p, a=panel: iio.imwrite(p, (a * 255).astype(np.uint8)))
     res: dict[str, Any] = {}
-    for key in ("psnr", "ssim", "psnr_masked", "lpips"):
+    for key in ("psnr", "ssim", "psnr_masked", "psnr_photo", "lpips"):
         vals = [r[key] for r in per_view if key in r]
         if vals:
             res[f"{prefix}/{key}"] = float(np.mean(vals))

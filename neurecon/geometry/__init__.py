@@ -1,5 +1,5 @@
 """Geometry utilities: marching cubes in world coordinates."""
 
-from neurecon.geometry.mesh import extract_mesh, sample_grid
+from neurecon.geometry.mesh import extract_mesh, merge_block_vertices, sample_grid
 
-__all__ = ["extract_mesh", "sample_grid"]
+__all__ = ["extract_mesh", "merge_block_vertices", "sample_grid"]

@@ -35,31 +35,78 @@ def render_mesh_view(
 ) -> np.ndarray:
     """(size, size, 3) uint8: the shaded mesh seen from a direction, framed on its bounds."""
     v = np.asarray(mesh.vertices, dtype=np.float64)
-    n = np.asarray(mesh.vertex_normals, dtype=np.float64)
     centre = 0.5 * (v.min(0) + v.max(0))
     radius = max(float(np.linalg.norm(v - centre, axis=1).max()), 1e-12)
     B = _basis(azimuth_deg, elevation_deg)
     p = (v - centre) @ B.T  # (N, 3): right, down, depth
-    px = np.clip(((p[:, :2] / radius) * 0.47 + 0.5) * size, 0, size - 1).astype(np.int64)
-    depth = np.full((size, size), np.inf)
-    flat = px[:, 1] * size + px[:, 0]
-    np.minimum.at(depth.reshape(-1), flat, p[:, 2])
-    front = p[:, 2] <= depth.reshape(-1)[flat] + 1e-9
+    px = ((p[:, :2] / radius) * 0.47 + 0.5) * size
+    return _splat(px, p[:, 2], np.asarray(mesh.vertex_normals), B, size, size, _colors(mesh))
+
+
+def _colors(mesh: trimesh.Trimesh) -> np.ndarray | None:
+    """(V, 3) vertex colours in [0, 1], or None for a mesh without them."""
+    if mesh.visual.kind != "vertex":
+        return None
+    return np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+
+
+def render_mesh_camera(
+    mesh: trimesh.Trimesh, P: np.ndarray, c2w_rot: np.ndarray, H: int, W: int
+) -> np.ndarray:
+    """(H, W, 3) uint8: the shaded mesh through a pinhole camera.
+
+    Args:
+        P: (3, 4) projection of the mesh's (world) points to pixels.
+        c2w_rot: (3, 3) camera axes (right, down, forward) as columns, in the mesh's frame.
+    """
+    v = np.c_[np.asarray(mesh.vertices, dtype=np.float64), np.ones(len(mesh.vertices))]
+    p = v @ np.asarray(P)[:3].T
+    z = p[:, 2]
+    front = z > 1e-9
+    px = p[front, :2] / z[front, None] + 0.5  # pixel centres at integers → cell [u, u + 1)
+    B = np.asarray(c2w_rot, dtype=np.float64).T
+    B = B / np.linalg.norm(B, axis=1, keepdims=True)
+    return _splat(px, z[front], np.asarray(mesh.vertex_normals)[front], B, H, W)
+
+
+def _splat(
+    px: np.ndarray,
+    depth: np.ndarray,
+    normals: np.ndarray,
+    B: np.ndarray,
+    H: int,
+    W: int,
+    colors: np.ndarray | None = None,
+) -> np.ndarray:
+    """Z-buffered, shaded vertex splats. Shapes: px (N, 2) continuous (x, y) pixel positions,
+    depth (N,), normals (N, 3), B (3, 3) rows right / down / view direction, colors (N, 3) in
+    [0, 1] or None (a light grey) → (H, W, 3) uint8."""
+    inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H)
+    px, depth, n = px[inside].astype(np.int64), depth[inside], normals[inside]
+    if colors is None:
+        colors = np.broadcast_to(np.array([0.85, 0.87, 0.92]), (len(px), 3))
+    else:
+        colors = colors[inside]
+    zbuf = np.full((H, W), np.inf)
+    flat = px[:, 1] * W + px[:, 0]
+    np.minimum.at(zbuf.reshape(-1), flat, depth)
+    front = depth <= zbuf.reshape(-1)[flat] + 1e-9
     light = -B[2] + 0.5 * B[0] - 0.7 * B[1]  # from the viewer, a little right and above
     light /= np.linalg.norm(light)
     shade = 0.15 + 0.85 * np.abs(n[front] @ light)  # two-sided: inside-out faces still show
-    img = np.zeros((size, size), np.float64)
-    img.reshape(-1)[flat[front]] = shade
-    hit = np.zeros((size, size), bool)
+    img = np.zeros((H, W, 3), np.float64)
+    img.reshape(-1, 3)[flat[front]] = shade[:, None] * colors[front]
+    hit = np.zeros((H, W), bool)
     hit.reshape(-1)[flat[front]] = True
-    # Close the one-pixel gaps between splats with the brightest neighbour.
+    # Close the one-pixel gaps between splats with a neighbour's value.
+    covered = hit.copy()
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
         moved = np.roll(np.roll(img, dy, 0), dx, 1)
         moved_hit = np.roll(np.roll(hit, dy, 0), dx, 1)
         fill = ~hit & moved_hit
         img[fill] = moved[fill]
-    hit_any = img > 0
-    rgb = np.where(hit_any[..., None], img[..., None] * np.array([0.85, 0.87, 0.92]), 1.0)
+        covered |= fill
+    rgb = np.where(covered[..., None], img, 1.0)
     return (rgb * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 

@@ -1,7 +1,8 @@
 """Experiment loggers behind one interface: wandb, tensorboard, csv, none.
 
 Every logger takes the run directory and the resolved config from ``neurecon.build.run``; the
-trainer only calls ``log_metrics``, ``log_images``, ``log_mesh``, ``log_summary`` and ``finish``.
+trainer only calls ``log_metrics``, ``log_images``, ``log_mesh``, ``log_video``, ``log_summary`` and
+``finish``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ class NoneLogger:
     def log_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         pass
 
-    def log_mesh(self, step: int, path: Path, vertices: np.ndarray) -> None:
-        pass
+    def log_mesh(
+        self, step: int, path: Path, vertices: np.ndarray, colors: np.ndarray | None = None
+    ) -> None:
+        """The final mesh: world-frame ``vertices`` (V, 3), ``colors`` (V, 3+) uint8 or None."""
+
+    def log_video(self, step: int, key: str, path: Path) -> None:
+        """A video file (``.mp4``) written by the run."""
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         pass
@@ -196,12 +202,20 @@ class WandbLogger(NoneLogger):
             step=step,
         )
 
-    def log_mesh(self, step: int, path: Path, vertices: np.ndarray) -> None:
+    def log_mesh(
+        self, step: int, path: Path, vertices: np.ndarray, colors: np.ndarray | None = None
+    ) -> None:
         if self.log_mesh_points and len(vertices):
             idx = np.random.default_rng(0).choice(
                 len(vertices), min(len(vertices), self.log_mesh_points), replace=False
             )
-            self.run.log({"mesh": self.wandb.Object3D(np.asarray(vertices)[idx])}, step=step)
+            pts = np.asarray(vertices, dtype=np.float64)[idx]
+            if colors is not None:  # W&B point clouds: x, y, z, r, g, b (0-255)
+                pts = np.c_[pts, np.asarray(colors)[idx, :3].astype(np.float64)]
+            self.run.log({"mesh": self.wandb.Object3D(pts)}, step=step)
+
+    def log_video(self, step: int, key: str, path: Path) -> None:
+        self.run.log({key: self.wandb.Video(str(path), format="mp4")}, step=step)
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         self.run.summary.update(_scalars(metrics))

@@ -69,6 +69,7 @@ class Trainer:
         resume: str = "never",
         max_time: float | None = None,
         overwrite: bool = False,
+        video_frames: int = 0,
         metrics: Mapping[str, Any] | None = None,
         pruning: Mapping[str, Any] | None = None,
         callbacks: Mapping[str, Callback] | None = None,
@@ -106,7 +107,8 @@ class Trainer:
         self.max_time = None if max_time is None else float(max_time)
         self.eval_settings = EvalSettings(
             self.device, int(chunk), int(mesh_resolution or 0), chamfer_points,
-            chamfer_threshold, seed, progress, metric_options(metrics),
+            chamfer_threshold, seed, progress, metric_options(metrics), int(video_frames),
+            use_mask,
         )  # fmt: skip
         self.pruning = dict(pruning or {})
         self.extra_callbacks = list((callbacks or {}).values())

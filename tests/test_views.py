@@ -1,0 +1,80 @@
+"""Scoring rendered views: the PSNR rule on masked scenes, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+from torch import nn
+
+from neurecon.build import build
+from neurecon.eval import EvalSettings, score_views
+from neurecon.eval.summary import run_summary
+from neurecon.render.common import RenderOutput
+
+
+class PerfectRenderer(nn.Module):
+    """Renders the built-in scene exactly: the object, and the background colour elsewhere."""
+
+    background_color = None
+
+    def __init__(self, scene) -> None:
+        super().__init__()
+        self.scene = scene
+
+    def forward(self, field, origins, dirs, background_color):
+        rgb, hit = self.scene.render_rays(origins, dirs)
+        opacity = hit.float()
+        return RenderOutput(rgb, opacity, opacity, torch.zeros_like(rgb))
+
+
+@pytest.fixture
+def masked_scene_on_a_table():
+    """The built-in masked scene, its photos' background replaced by a texture (as DTU's
+    photos keep their table and wall while training renders the object over black)."""
+    scene = build(compose_cfg([*TINY, "dataset.num_views=6"])).scene
+    rng = np.random.default_rng(0)
+    outside = scene.masks <= 127  # flat, one value per pixel
+    scene.pixels[outside] = torch.tensor(
+        rng.integers(0, 256, (int(outside.sum()), 3)), dtype=torch.uint8
+    )
+    return scene
+
+
+def _score(scene, use_mask, folder):
+    settings = EvalSettings(torch.device("cpu"), chunk=512, progress=False, use_mask=use_mask)
+    settings.metrics["lpips_net"] = None
+    views = scene.test_ids.tolist()
+    res, _, _ = score_views(
+        scene, nn.Identity(), PerfectRenderer(scene), views, settings, folder, "test",
+        [f"{v}.png" for v in views], with_lpips=False,
+    )  # fmt: skip
+    return res
+
+
+def test_a_perfect_render_of_a_masked_scene_scores_the_maximum(masked_scene_on_a_table, tmp_path):
+    res = _score(masked_scene_on_a_table, "auto", tmp_path)
+    # Only uint8 rounding of the photos separates the render from the reference.
+    assert res["test/psnr"] > 50 and res["test/psnr_masked"] > 50
+    assert res["test/psnr_photo"] < 15  # the photo's own background is not the object
+    assert res["test/ssim"] > 0.99
+
+
+def test_without_masks_the_photo_is_the_reference(masked_scene_on_a_table, tmp_path):
+    res = _score(masked_scene_on_a_table, False, tmp_path)  # trainer.use_mask=false
+    assert res["test/psnr"] < 15 and "test/psnr_photo" not in res
+
+
+def test_the_run_summary_says_where_the_mesh_and_its_picture_are(tmp_path):
+    m = {"status": "completed", "steps": 1200, "train_time_s": 130.2, "eval_time_s": 21.0,
+         "total_time_s": 151.2, "test/psnr": 35.457, "test/psnr_masked": 33.3, "test/ssim": 0.98,
+         "chamfer/mean": 0.0097, "chamfer/relative": 0.0061, "chamfer/fscore": 0.93,
+         "mesh": "mesh.ply", "mesh/vertices": 34512, "mesh_picture": "mesh.png"}  # fmt: skip
+    text = run_summary(m, tmp_path)
+    assert text.splitlines()[0] == (
+        "run completed: 1200 steps in 2 min 31 s (training 2 min 10 s, evaluation 21 s)"
+    )
+    assert "test PSNR 35.46 dB (object only 33.30 dB)" in text and "0.61 % of the object" in text
+    assert f"{tmp_path / 'mesh.ply'}  (34,512 vertices)" in text
+    assert str(tmp_path / "mesh.png") in text and str(tmp_path / "metrics.json") in text
