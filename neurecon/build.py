@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-import neurecon.schema  # noqa: F401  (typed config nodes, before any compose)
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, NeuReconError
 from neurecon.optim import OptimizerFactory

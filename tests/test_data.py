@@ -154,3 +154,19 @@ def test_dtu_full_resolution_loads_as_uint8(dtu_scan65):
     s = NeuSScene(str(dtu_scan65))
     assert s.images.dtype == torch.uint8 and s.images.shape == (49, 1200, 1600, 3)
     assert s.images.numel() * s.images.element_size() == 49 * 1200 * 1600 * 3  # ~282 MB
+
+
+def test_the_mug_has_a_handle_a_cavity_and_grooves():
+    """The second built-in shape is not a blob: one hole (the handle: genus 1), an open cavity
+    (the cup's inside is empty space reaching the top) and grooves cut into the wall."""
+    from neurecon.data.synthetic import sdf_mug
+    from neurecon.geometry import extract_mesh
+
+    f = sdf_mug()
+    mesh = extract_mesh(f, np.eye(4), resolution=128)
+    assert mesh.is_watertight and mesh.euler_number == 0  # genus 1
+    axis = torch.tensor([[0.0, 0.0, z] for z in np.linspace(-0.3, 0.5, 9)])
+    assert (f(axis) > 0).all()  # the cavity: empty along the axis, out through the top
+    wall = torch.tensor([[0.33, 0.0, -0.05 + z] for z in (-0.12, 0.1, 0.0)])  # z0 = -0.05
+    d = f(wall)
+    assert d[0] > 0 and d[1] > 0 and d[2] < 0  # grooves at two heights, wall between them

@@ -171,7 +171,15 @@ def test_export_needs_a_trained_run_folder(tmp_path, capsys):
 def test_export_from_a_run_with_another_encoder(tmp_path):
     """A hash-grid NeuS run (not the default encoder) exports as GLB, culled by its masks."""
     cfg = compose_cfg(
-        [*TINY, "encoder=hashgrid", "trainer.max_steps=3", "trainer.mesh_resolution=0"]
+        [
+            *TINY,
+            "encoder=hashgrid",
+            "encoder.n_levels=4",
+            "encoder.log2_table_size=12",
+            "encoder.max_resolution=64",
+            "trainer.max_steps=3",
+            "trainer.mesh_resolution=0",
+        ]
     )
     r = build(cfg)
     r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)

@@ -14,6 +14,7 @@ from neurecon.storage import open_storage
 optuna = pytest.importorskip("optuna")
 FAST = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
+    "metrics.lpips_net=null",  # sweeps are about the study; LPIPS is tested on its own
     "trainer.max_steps=15",
     "trainer.log_every=5",
 ]

@@ -154,11 +154,11 @@ def test_storage_password_on_the_command_line_is_refused_redacted(tmp_path, post
 
 
 def test_four_parallel_workers_lose_and_repeat_nothing_then_resume(tmp_path):
-    """4 sweeper processes x 3 trials append to one journal file at once; then one resumes."""
+    """4 sweeper processes x 2 trials append to one journal file at once; then one resumes."""
     journal = tmp_path / "shared.journal"
     args = [
         "sweep=lr_inv_s",
-        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_trials=2",
         "logger=none",
         f"hydra.sweeper.storage={journal}",
         "hydra.sweeper.study_name=par",
@@ -173,13 +173,13 @@ def test_four_parallel_workers_lose_and_repeat_nothing_then_resume(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
     print("states:", Counter(t.state.name for t in trials))
-    assert len(trials) == 12 and all(t.state.name == "COMPLETE" for t in trials)
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 12
+    assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 8
     res = _sweep(tmp_path / "w0", *args[:1], "hydra.sweeper.n_trials=2", *args[2:])
     assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
-    assert len(trials) == 14 and all(t.state.name == "COMPLETE" for t in trials)
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 14
+    assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 10
 
 
 def test_joblib_launcher_runs_trials_in_parallel(tmp_path):

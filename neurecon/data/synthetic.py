@@ -65,7 +65,46 @@ def sdf_torus_box() -> SDF:
     return f
 
 
-SHAPES: dict[str, Callable[[], SDF]] = {"torus_box": sdf_torus_box, "sphere": sdf_sphere}
+def _capped_cylinder(p: Tensor, radius: float, half_height: float) -> Tensor:
+    """Exact SDF of a solid cylinder along z, centred at the origin."""
+    d = torch.stack([p[..., :2].norm(dim=-1) - radius, p[..., 2].abs() - half_height], dim=-1)
+    return d.max(dim=-1).values.clamp_max(0) + d.clamp_min(0).norm(dim=-1)
+
+
+def sdf_mug() -> SDF:
+    """A mug: a hollow cup (thin wall, a bottom, open at the top), a handle (half a thin torus)
+    and two grooves engraved around the wall — fine detail, thin parts and concavities, for
+    checking that settings tuned on ``torus_box`` are not tuned to one shape."""
+    R, wall, half_h, z0 = 0.34, 0.05, 0.36, -0.05  # outer radius, wall, half height, centre z
+    handle_c = torch.tensor([R + 0.04, 0.0, z0])
+
+    def f(x: Tensor) -> Tensor:
+        p = x - torch.tensor([0.0, 0.0, z0]).to(x)
+        outer = _capped_cylinder(p, R, half_h)
+        # The cavity: from the bottom's top face (z = wall - half_h) up through the open top.
+        bottom, top = wall - half_h, half_h + 0.1
+        centre = torch.tensor([0.0, 0.0, 0.5 * (bottom + top)]).to(x)
+        cavity = _capped_cylinder(p - centre, R - wall, 0.5 * (top - bottom))
+        cup = torch.maximum(outer, -cavity)
+        h = x - handle_c.to(x)  # handle: a torus in the xz-plane, its outer part
+        q = torch.stack([torch.stack([h[..., 0], h[..., 2]], -1).norm(dim=-1) - 0.2, h[..., 1]], -1)
+        # Cut just inside the wall, so both ends grow into it: the handle makes a loop.
+        handle = torch.maximum(q.norm(dim=-1) - 0.045, -(h[..., 0] + 0.06))
+        shape = _smooth_min(cup, handle, 0.02)
+        for zg in (-0.12, 0.1):  # grooves: thin tori cut into the outer wall
+            g = p - torch.tensor([0.0, 0.0, zg]).to(x)
+            qg = torch.stack([g[..., :2].norm(dim=-1) - R, g[..., 2]], -1)
+            shape = torch.maximum(shape, -(qg.norm(dim=-1) - 0.025))
+        return shape
+
+    return f
+
+
+SHAPES: dict[str, Callable[[], SDF]] = {
+    "torus_box": sdf_torus_box,
+    "sphere": sdf_sphere,
+    "mug": sdf_mug,
+}
 
 
 def albedo(x: Tensor) -> Tensor:
@@ -143,7 +182,7 @@ class SyntheticScene(Scene):
     """Renders the analytic shape to ``num_views`` masked views with Lambertian shading.
 
     Args:
-        shape: one of ``torus_box``, ``sphere``.
+        shape: one of ``torus_box``, ``sphere``, ``mug`` (thin parts, concavities, grooves).
         num_views: total views on a Fibonacci sphere around the object; every ``test_every``-th is
             held out for testing.
         resolution: image height and width in pixels.

@@ -115,6 +115,9 @@ class HashGridEncoder(nn.Module):
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES), persistent=False)
         self.out_dim = n_levels * n_features + (in_dim if include_input else 0)
+        # Cell size of the finest level in input units: the finite-difference step that
+        # resolves it (field.gradient=finite_difference with field.fd_eps=null).
+        self.finest_cell = 2.0 * bound / max(scales[-1], 1.0)
         self.config = {
             "otype": "HashGrid",
             "n_levels": n_levels,

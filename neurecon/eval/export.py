@@ -21,11 +21,11 @@ import trimesh
 from torch import nn
 from tqdm.auto import tqdm
 
-from neurecon.data.cameras import look_at, pixel_rays
+from neurecon.data.cameras import look_at
 from neurecon.data.scene import Scene
 from neurecon.errors import NeuReconError
 from neurecon.eval.settings import EvalSettings
-from neurecon.eval.views import render_view
+from neurecon.eval.views import render_camera, render_view
 from neurecon.geometry import extract_mesh
 from neurecon.geometry.clean import keep_largest, seen_faces, submesh
 from neurecon.geometry.picture import render_mesh_camera
@@ -192,42 +192,6 @@ def turntable_cameras(scene: Scene, frames: int) -> list[np.ndarray]:
         )
         cams.append(look_at(eye, np.zeros(3), tuple(up)))
     return cams
-
-
-@torch.no_grad()
-def render_camera(
-    field: nn.Module,
-    renderer: nn.Module,
-    K: np.ndarray,
-    c2w: np.ndarray,
-    hw: tuple[int, int],
-    background_color: torch.Tensor,
-    chunk: int,
-    device: torch.device,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Like :func:`~neurecon.eval.render_view`, for any pinhole camera (normalised frame):
-    (H, W, 3) ``color`` / ``normal``, (H, W) ``opacity`` / ``depth``, and the chunk used."""
-    H, W = hw
-    Kt = torch.tensor(K, dtype=torch.float32)
-    ct = torch.tensor(c2w, dtype=torch.float32)
-    bg = background_color.to(device)
-
-    def render(chunk: int) -> dict[str, np.ndarray]:
-        img = {k: np.zeros((H * W, 3), np.float32) for k in ("color", "normal")}
-        img.update({k: np.zeros(H * W, np.float32) for k in ("opacity", "depth")})
-        for s in range(0, H * W, chunk):
-            flat = torch.arange(s, min(s + chunk, H * W))
-            o, d = pixel_rays(Kt, ct, (flat % W).float(), (flat // W).float())
-            r = renderer(field, o.to(device), d.to(device), bg)
-            sl = slice(s, s + len(flat))
-            img["color"][sl] = r.color.float().cpu().numpy()
-            img["opacity"][sl] = r.opacity.float().cpu().numpy()
-            img["depth"][sl] = r.depth.float().cpu().numpy()
-            if r.normal is not None:
-                img["normal"][sl] = r.normal.float().cpu().numpy()
-        return {k: v.reshape(H, W, *v.shape[1:]) for k, v in img.items()}
-
-    return retry_on_oom(render, chunk, "rendering a video frame")
 
 
 def turntable_video(

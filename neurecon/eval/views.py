@@ -9,9 +9,10 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from neurecon.data.cameras import pixel_rays
 from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
 from neurecon.io import atomic_write
@@ -31,33 +32,52 @@ def render_view(
     chunk: int,
     device: torch.device,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Full-image render in chunks of ``chunk`` rays (peak memory independent of image size).
+    """Full-image render of a scene's view in chunks of ``chunk`` rays (peak memory independent
+    of image size). Returns the images — (H, W, 3) ``color`` / ``normal``, (H, W) ``opacity`` /
+    ``depth`` — and the chunk that worked (it halves on out-of-memory; callers keep it)."""
+    return render_camera(
+        field, renderer, scene.K[view], scene.c2w[view], scene.size(view),
+        scene.background_color, chunk, device, f"rendering view {view}",
+    )  # fmt: skip
 
-    Returns the images — (H, W, 3) ``color`` / ``normal``, (H, W) ``opacity`` / ``depth`` —
-    and the chunk that worked (it halves on out-of-memory; callers keep the smaller one).
-    """
+
+@torch.no_grad()
+def render_camera(
+    field: nn.Module,
+    renderer: nn.Module,
+    K: Tensor | np.ndarray,
+    c2w: Tensor | np.ndarray,
+    hw: tuple[int, int],
+    background_color: Tensor,
+    chunk: int,
+    device: torch.device,
+    what: str = "rendering a view",
+) -> tuple[dict[str, np.ndarray], int]:
+    """Like :func:`render_view`, for any pinhole camera: K (3, 3), c2w (4, 4) in the normalised
+    frame, ``hw`` = (H, W); rays through pixel centres, row-major, as the scene's own."""
     field.eval()
     renderer.eval()
-    H, W = scene.size(view)
-    bg = scene.background_color.to(device)
+    H, W = (int(n) for n in hw)
+    Kt, ct = (torch.as_tensor(a, dtype=torch.float32) for a in (K, c2w))
+    bg = background_color.to(device)
 
     def render(chunk: int) -> dict[str, np.ndarray]:
         # Written in place chunk by chunk: no list of parts and no concatenated copy.
         img = {k: np.zeros((H * W, 3), np.float32) for k in ("color", "normal")}
         img.update({k: np.zeros(H * W, np.float32) for k in ("opacity", "depth")})
-        start = 0
-        for batch in scene.view_rays(view, chunk, device):
-            r = renderer(field, batch.origins, batch.dirs, bg)
-            sl = slice(start, start + len(batch))
+        for start in range(0, H * W, chunk):
+            flat = torch.arange(start, min(start + chunk, H * W))
+            o, d = pixel_rays(Kt, ct, (flat % W).float(), (flat // W).float())
+            r = renderer(field, o.to(device), d.to(device), bg)
+            sl = slice(start, start + len(flat))
             img["color"][sl] = r.color.float().cpu().numpy()
             img["opacity"][sl] = r.opacity.float().cpu().numpy()
             img["depth"][sl] = r.depth.float().cpu().numpy()
             if r.normal is not None:
                 img["normal"][sl] = r.normal.float().cpu().numpy()
-            start += len(batch)
         return {k: v.reshape(H, W, *v.shape[1:]) for k, v in img.items()}
 
-    return retry_on_oom(render, chunk, f"rendering view {view}")
+    return retry_on_oom(render, chunk, what)
 
 
 def composite_background(scene: Scene, renderer: nn.Module) -> np.ndarray | None:

@@ -10,7 +10,10 @@ from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
 from neurecon.fields.base import BACKGROUND_MODES, SDFOutput, split_parameters
+from neurecon.fields.gradients import central_difference, stencil
 from neurecon.fields.mlp import mlp
+
+GRADIENT_MODES = ("analytic", "finite_difference")
 
 
 class NeuSField(nn.Module):
@@ -29,6 +32,12 @@ class NeuSField(nn.Module):
         weight_norm: weight-normalised linear layers as in NeuS.
         background_model: ``auto`` (a background field when the scene has no masks; decided by
             ``neurecon.build``), ``none`` or ``nerfpp``.   background_net: that field, or None.
+        gradient: how the SDF gradient (normals, NeuS's cosine, the eikonal term) is computed:
+            ``analytic`` (autograd; the eikonal term then needs a double backward) or
+            ``finite_difference`` (central differences with step ``fd_eps``, as instant-nsr-pl
+            and Neuralangelo do: six more SDF evaluations, a plain backward).
+        fd_eps: the step; None: the encoder's finest cell (``finest_cell``, a hash grid's), or
+            1e-3 for encoders without cells.
     """
 
     kind = "sdf"
@@ -49,6 +58,8 @@ class NeuSField(nn.Module):
         weight_norm: bool = True,
         background_model: str = "auto",
         background_net: nn.Module | None = None,
+        gradient: str = "analytic",
+        fd_eps: float | None = None,
     ) -> None:
         super().__init__()
         if geometric_init and not getattr(encoder, "include_input", False):
@@ -74,6 +85,12 @@ class NeuSField(nn.Module):
                 f"field.background_model={background_model!r}; choose from {BACKGROUND_MODES}"
             )
         self.background_net = background_net
+        if gradient not in GRADIENT_MODES:
+            raise ConfigError(f"field.gradient={gradient!r}; choose from {GRADIENT_MODES}")
+        self.gradient = gradient
+        self.fd_eps = float(fd_eps or getattr(encoder, "finest_cell", None) or 1e-3)
+        if not self.fd_eps > 0:
+            raise ConfigError(f"field.fd_eps must be > 0, got {fd_eps}")
 
     def _geometric_init(self, radius: float, in_raw: int) -> None:
         """IDR/NeuS init: the network starts as ``|x| - radius`` (negative inside)."""
@@ -97,6 +114,13 @@ class NeuSField(nn.Module):
         h = self.sdf_net(self.encoder(x))
         return h[:, 0], h[:, 1:]
 
+    def _sdf_feat_fd(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """SDF (N,), features (N, F) and the central-difference gradient (N, 3) at ``x``
+        (N, 3), from one batched pass over ``x`` and its six ``±fd_eps`` neighbours."""
+        h = self.sdf_net(self.encoder(stencil(x, self.fd_eps)))
+        n = x.shape[0]
+        return h[:n, 0], h[:n, 1:], central_difference(h[:, 0], self.fd_eps)
+
     def sdf(self, x: Tensor) -> Tensor:
         """(N, 3) → (N,) signed distance, negative inside."""
         return self._sdf_feat(x)[0]
@@ -118,10 +142,15 @@ class NeuSField(nn.Module):
         ``create_graph`` keeps the gradient differentiable (training: eikonal loss, normals in the
         colour net); validation passes False to free the graph per chunk.
         """
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            sdf, feat = self._sdf_feat(x)
-            (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+        if self.gradient == "finite_difference":
+            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+                x = x.detach()
+                sdf, feat, grad = self._sdf_feat_fd(x)
+        else:
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                sdf, feat = self._sdf_feat(x)
+                (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
         if not create_graph:
             sdf, feat, grad = sdf.detach(), feat.detach(), grad.detach()
         h = torch.cat([x.detach(), grad, self.dir_encoder(d), feat], dim=-1)
