@@ -23,6 +23,8 @@ def test_marching_cubes_of_analytic_sdf_lands_in_world_frame():
 def test_no_surface_is_a_clear_error():
     with pytest.raises(MeshExtractionError, match="no surface"):
         extract_mesh(lambda x: torch.ones(x.shape[0]), np.eye(4), resolution=16)
+    with pytest.raises(MeshExtractionError, match="every block is farther"):  # all skipped
+        extract_mesh(lambda x: torch.full((x.shape[0],), 5.0), np.eye(4), 16, skip_margin=2.0)
     with pytest.raises(MeshExtractionError, match="non-finite"):
         extract_mesh(lambda x: torch.full((x.shape[0],), float("nan")), np.eye(4), resolution=16)
 

@@ -149,9 +149,14 @@ def extract_mesh(
             parts_f.append(f.astype(np.int64) + n_verts)
             n_verts += len(v)
     if not parts_f:
+        seen = (
+            f"values on the grid range over [{lo:.4g}, {hi:.4g}]"
+            if np.isfinite(lo)
+            else "every block is farther from zero than its size, by the SDF's values"
+        )
         raise MeshExtractionError(
-            f"the field has no surface (values on the grid range over [{lo:.4g}, {hi:.4g}], "
-            "no zero crossing); train longer or check the run's losses"
+            f"the field has no surface ({seen}: no zero crossing); train longer or check the "
+            "run's losses"
         )
     verts, faces = np.concatenate(parts_v), np.concatenate(parts_f)
     if len(parts_f) > 1:
