@@ -50,3 +50,18 @@ def fit_on_files(out: Path, *overrides: str) -> dict:
     keep = [o for o in TINY if not o.startswith("dataset.")]
     r = build(compose_cfg([*keep, *overrides]))
     return r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, out)
+
+
+def trained_run_folder(root: Path, overrides: list[str]):
+    """Train ``compose_cfg(overrides)`` into ``root`` and save the config where Hydra puts it
+    (``root/.hydra/config.yaml``): a run folder as ``train.py`` leaves it. Returns the run."""
+    from omegaconf import OmegaConf
+
+    from neurecon.build import build
+
+    cfg = compose_cfg(overrides)
+    r = build(cfg)
+    r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, root)
+    (root / ".hydra").mkdir()
+    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    return r

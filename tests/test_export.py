@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from conftest import TINY, compose_cfg
-from omegaconf import OmegaConf
+from conftest import TINY, compose_cfg, trained_run_folder
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
@@ -93,11 +92,7 @@ def test_faces_no_training_camera_sees_are_culled():
 def trained(tmp_path_factory):
     """A run folder of the built-in scene, trained enough to have colours and a surface."""
     root = tmp_path_factory.mktemp("trained")
-    cfg = compose_cfg([*TINY, "trainer.max_steps=300", "trainer.mesh_resolution=32"])
-    r = build(cfg)
-    r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, root)
-    (root / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    r = trained_run_folder(root, [*TINY, "trainer.max_steps=300", "trainer.mesh_resolution=32"])
     return root, r.scene
 
 
@@ -170,7 +165,8 @@ def test_export_needs_a_trained_run_folder(tmp_path, capsys):
 
 def test_export_from_a_run_with_another_encoder(tmp_path):
     """A hash-grid NeuS run (not the default encoder) exports as GLB, culled by its masks."""
-    cfg = compose_cfg(
+    trained_run_folder(
+        tmp_path,
         [
             *TINY,
             "encoder=hashgrid",
@@ -179,12 +175,8 @@ def test_export_from_a_run_with_another_encoder(tmp_path):
             "encoder.max_resolution=64",
             "trainer.max_steps=3",
             "trainer.mesh_resolution=0",
-        ]
+        ],
     )
-    r = build(cfg)
-    r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
-    (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
     args = [str(tmp_path), "--resolution", "48", "--format", "glb", "--cull-masks"]
     assert export_main([*args, "--no-progress"]) == 0
     glb = trimesh.load(tmp_path / "export" / "mesh_48.glb", force="mesh")

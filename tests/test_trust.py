@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, compose_cfg
+from conftest import REPO, TINY, compose_cfg, trained_run_folder
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import evaluate
-from neurecon.build import build
 from neurecon.runs import UntrustedConfigError, check_targets
 
 
@@ -102,11 +101,7 @@ def _ran(marker: Path) -> bool:
 def run_dir(tmp_path_factory) -> Path:
     """A finished 2-step run folder with its saved config and a checkpoint."""
     root = tmp_path_factory.mktemp("run")
-    cfg = compose_cfg([*TINY, "dataset.shape=sphere", "trainer.max_steps=2"])
-    r = build(cfg)
-    r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, root)
-    (root / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    trained_run_folder(root, [*TINY, "dataset.shape=sphere", "trainer.max_steps=2"])
     return root
 
 

@@ -151,8 +151,7 @@ def depth_normal_maps(
         opacity = img["opacity"]
         covered = opacity >= 0.5
         depth = np.where(covered, img["depth"] / np.maximum(opacity, 1e-6) * scale, np.nan)
-        n = img["normal"] @ rot.T
-        n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8)
+        n = _world_normals(img["normal"], rot)
         rgb = np.where(covered[..., None], (n + 1) * 0.5, 1.0)
         name = f"view_{v:03d}"
         written.append(
@@ -166,6 +165,12 @@ def depth_normal_maps(
             )
         )
     return written
+
+
+def _world_normals(normal: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Rendered normals (H, W, 3), normalised frame → unit normals in the world frame."""
+    n = normal @ rot.T
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8)
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
@@ -226,8 +231,7 @@ def turntable_video(
             settings.device,
         )  # fmt: skip
         color = np.clip(img["color"], 0, 1)
-        n = img["normal"] @ rot.T
-        n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8)
+        n = _world_normals(img["normal"], rot)
         a = np.clip(img["opacity"], 0, 1)[..., None]
         normal = ((n + 1) * 0.5) * a + (1 - a)
         panels = [color, np.clip(normal, 0, 1)]
