@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from neurecon.cluster import SlurmJob, deadline_on_signal
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, NeuReconError
 from neurecon.optim import OptimizerFactory
@@ -44,9 +47,12 @@ def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
-def build(cfg: DictConfig, with_trainer: bool = True) -> Run:
+def build(
+    cfg: DictConfig, with_trainer: bool = True, trainer_overrides: dict[str, Any] | None = None
+) -> Run:
     """Instantiate dataset, encoder, field, renderer, optimizer and (for training) the trainer
-    from ``cfg``. Tools that only evaluate pass ``with_trainer=False``."""
+    from ``cfg`` (``trainer_overrides``: extra ``Trainer`` arguments). Tools that only evaluate
+    pass ``with_trainer=False``."""
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
@@ -70,7 +76,9 @@ def build(cfg: DictConfig, with_trainer: bool = True) -> Run:
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=_instantiate(cfg.optimizer, "optimizer"),
-        trainer=_instantiate(cfg.trainer, "trainer", metrics=cfg.get("metrics"))
+        trainer=_instantiate(
+            cfg.trainer, "trainer", metrics=cfg.get("metrics"), **(trainer_overrides or {})
+        )
         if with_trainer
         else None,
     )
@@ -107,9 +115,16 @@ def make_logger(cfg: DictConfig, out_dir: str | Path):
     return _instantiate(cfg.logger, "logger", _recursive_=False, **kwargs)
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
-    """Train one run in ``out_dir``; return the objective(s) named by ``trainer.objective``."""
-    r = build(cfg)
+def _fit(
+    cfg: DictConfig,
+    out_dir: str | Path,
+    trainer_overrides: dict[str, Any] | None = None,
+    attach: Callable[[Trainer], None] | None = None,
+) -> tuple[Run, dict[str, Any]]:
+    """Build and train; ``attach`` receives the trainer before training starts."""
+    r = build(cfg, trainer_overrides=trainer_overrides)
+    if attach is not None:
+        attach(r.trainer)
     log.info(
         "scene %s: %d views (%d train / %d test) at %s, masks=%s",
         r.scene.name,
@@ -127,6 +142,21 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
     finally:
         if logger is not None:
             logger.finish(status)
+    return r, metrics
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
+    """Train one run in ``out_dir``; return the objective(s) named by ``trainer.objective``.
+    In a SLURM job, :mod:`neurecon.cluster` adapts threads, time limit and resume."""
+    job = SlurmJob.from_env()
+    if job is None:
+        r, metrics = _fit(cfg, out_dir)
+    else:
+        if job.cpus_per_task:
+            torch.set_num_threads(job.cpus_per_task)
+        with deadline_on_signal() as attach:
+            overrides = job.trainer_overrides(cfg.trainer, time.time())
+            r, metrics = _fit(cfg, out_dir, overrides, attach)
     if metrics["status"] == "time_limit":
         log.warning("run stopped early: %s", metrics.get("stop_reason"))
     elif metrics["status"] != "completed":

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
+
+# Triton kernels (encoder.backend=triton) run on CPU tensors under Triton's interpreter, which
+# Triton reads when a kernel is defined: set it before any test module imports neurecon.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -26,6 +34,9 @@ TINY = [
     "trainer.progress=false",
     "trainer.device=cpu",
     "logger=none",
+    # LPIPS loads JAX and its weights in every process (~1.5 s): tested in test_lpips.py and
+    # at the end of one CLI run (test_train.py), not in every tiny run.
+    "metrics.lpips_net=null",
 ]
 
 

@@ -186,3 +186,41 @@ def test_hashgrid_encodes_an_empty_batch():
     out = enc(torch.zeros(0, 3, requires_grad=True))
     assert out.shape == (0, enc.out_dim)
     out.sum().backward()
+
+
+def test_progressive_levels_open_coarse_to_fine_and_are_saved():
+    """Neuralangelo's schedule: finer levels output zeros until their step; the FD step follows
+    the finest active level; a loaded model encodes as it was trained."""
+    from neurecon.fields.neus import NeuSField
+
+    kw = {"n_levels": 4, "n_features": 2, "log2_table_size": 10, "base_resolution": 4,
+          "max_resolution": 32, "include_input": False, "backend": "torch"}  # fmt: skip
+    torch.manual_seed(0)
+    enc = HashGridEncoder(progressive_levels=2, level_every=10, **kw)
+    with torch.no_grad():
+        enc.embeddings.normal_()
+    x = torch.rand(50, 3) * 2 - 1
+    full = HashGridEncoder(**kw)
+    full.load_state_dict({"embeddings": enc.embeddings.detach()})
+    ref = full(x)
+    y = enc(x)
+    assert torch.equal(y[:, :4], ref[:, :4]) and not y[:, 4:].any()
+    field = NeuSField(
+        enc, FrequencyEncoder(n_freqs=0), geometric_init=False, gradient="finite_difference"
+    )
+    coarse_eps = field.fd_eps
+    enc.update_step(15)  # 2 + 15 // 10 = 3 levels
+    assert int(enc.active_levels) == 3 and not enc(x)[:, 6:].any() and enc(x)[:, 4:6].any()
+    assert field.fd_eps < coarse_eps
+    enc.update_step(10_000)
+    assert torch.equal(enc(x), ref) and field.fd_eps == pytest.approx(full.finest_cell)
+    # Saved and restored with the model; checkpoints from before the schedule use every level.
+    again = HashGridEncoder(progressive_levels=2, level_every=10, **kw)
+    again.load_state_dict(enc.state_dict())
+    assert int(again.active_levels) == 4
+    old = {k: v for k, v in enc.state_dict().items() if k != "active_levels"}
+    again.update_step(0)
+    again.load_state_dict(old)
+    assert int(again.active_levels) == 4
+    with pytest.raises(ConfigError, match="progressive_levels"):
+        HashGridEncoder(progressive_levels=0, **kw)

@@ -83,3 +83,44 @@ def test_finite_differences_give_the_eikonal_term_the_same_learning_signal():
 def test_an_unknown_gradient_mode_is_a_config_error():
     with pytest.raises((ConfigError, InstantiationException), match=r"field\.gradient"):
         _field("frequency", "numerical")
+
+
+def test_compile_refuses_a_double_backward_in_one_line_and_takes_finite_differences(caplog):
+    from neurecon.train.compile import compile_field
+
+    analytic = instantiate(compose_cfg().field, encoder=instantiate(compose_cfg().encoder))
+    with caplog.at_level("WARNING"):
+        assert compile_field(analytic) is False
+    (rec,) = [r for r in caplog.records if "trainer.compile" in r.getMessage()]
+    assert "double backward" in rec.getMessage() and "\n" not in rec.getMessage()
+    assert analytic._compiled_call_impl is None  # left as it was
+    fd_cfg = compose_cfg(["field.gradient=finite_difference"])
+    fd = instantiate(fd_cfg.field, encoder=instantiate(fd_cfg.encoder))
+    keys = set(fd.state_dict())
+    assert compile_field(fd) is True and fd._compiled_call_impl is not None
+    assert set(fd.state_dict()) == keys  # checkpoints keep their names
+
+
+@pytest.mark.slow  # inductor compiles for ~30 s on 2 cores
+def test_compiled_finite_difference_field_matches_eager(tmp_path):
+    from conftest import TINY
+
+    from neurecon.build import build
+
+    cfg = compose_cfg([*TINY, "field.gradient=finite_difference", "trainer.compile=true",
+                       "trainer.max_steps=20"])  # fmt: skip
+    r = build(cfg)
+    x = torch.rand(500, 3) * 1.6 - 0.8
+    d = torch.nn.functional.normalize(torch.randn(500, 3), dim=-1)
+    eager = r.field(x, d, create_graph=False)
+    m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
+    assert r.trainer.compiled and m["compile_s"] > 0 and m["status"] == "completed"
+    r2 = build(cfg)
+    r2.field.load_state_dict(r.field.state_dict())
+    r2.field.compile(dynamic=True)
+    got, ref = r2.field(x, d, create_graph=False), build(cfg).field
+    ref.load_state_dict(r.field.state_dict())
+    want = ref(x, d, create_graph=False)
+    torch.testing.assert_close(got.sdf, want.sdf, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.color, want.color, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(eager.sdf, want.sdf)  # it trained

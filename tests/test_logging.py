@@ -97,24 +97,6 @@ def test_wandb_api_key_never_lands_in_files(tmp_path):
             assert FAKE_KEY.encode() not in p.read_bytes(), p
 
 
-def test_multirun_trials_share_the_sweeps_group(tmp_path):
-    pytest.importorskip("wandb")
-    res = _train(
-        "-m",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        *RUN,
-        "logger=wandb",
-        "logger.mode=offline",
-        "optimizer.lr=1e-3,2e-3",
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    runs = _wandb_runs(tmp_path / "sweep")
-    assert len(runs) == 2
-    assert {r["group"] for r in runs} == {"sweep"}
-    assert sorted(r["config"]["optimizer.lr"] for r in runs) == [1e-3, 2e-3]
-    assert all("test/psnr" in r["summary"] for r in runs)
-
-
 def test_csv_and_tensorboard_loggers(tmp_path):
     res = _train(f"hydra.run.dir={tmp_path / 'csv'}", *RUN, "logger=csv")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -14,7 +14,6 @@ from neurecon.storage import open_storage
 optuna = pytest.importorskip("optuna")
 FAST = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
-    "metrics.lpips_net=null",  # sweeps are about the study; LPIPS is tested on its own
     "trainer.max_steps=15",
     "trainer.log_every=5",
 ]
@@ -147,8 +146,14 @@ def test_multiobjective_sweep_reports_a_pareto_front(tmp_path):
 
 
 def test_grid_lr_uses_hydras_basic_sweeper(tmp_path):
+    """Hydra's own sweeper: one folder per value, and W&B groups the runs as for Optuna."""
+    pytest.importorskip("wandb")
     res = _sweep(
-        tmp_path / "g", "sweep=grid_lr", "logger=none", "hydra.sweep.subdir=lr_${optimizer.lr}"
+        tmp_path / "g",
+        "sweep=grid_lr",
+        "logger=wandb",
+        "logger.mode=offline",
+        "hydra.sweep.subdir=lr_${optimizer.lr}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "g").iterdir() if p.name.startswith("lr_")) == [
@@ -156,6 +161,10 @@ def test_grid_lr_uses_hydras_basic_sweeper(tmp_path):
         "lr_0.005",
         "lr_0.01",
     ]
+    runs = _wandb_runs(tmp_path / "g")
+    assert len(runs) == 3 and {r["group"] for r in runs} == {"g"}
+    assert sorted(r["config"]["optimizer.lr"] for r in runs) == [1e-3, 5e-3, 1e-2]
+    assert all("test/psnr" in r["summary"] for r in runs)
 
 
 def test_pruner_stops_hopeless_trials_from_validation_psnr(tmp_path):

@@ -55,10 +55,13 @@ def _train_cli(tmp_path, *overrides, timeout=600):
 
 
 def test_cli_run_writes_outputs_in_world_frame(tmp_path):
-    res = _train_cli(tmp_path, *TINY, "trainer.max_steps=40", "trainer.ckpt_every=20")
+    res = _train_cli(
+        tmp_path, *TINY, "trainer.max_steps=40", "trainer.ckpt_every=20", "metrics.lpips_net=alex"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert np.isfinite(m["test/psnr"]) and "chamfer/mean" in m
+    assert 0.0 <= m["test/lpips"] <= 1.0  # the default metrics include LPIPS
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_0000020.ckpt",

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neurecon.encoders.hashgrid_triton import Levels, hash_encode, interpreting, triton_available
 from neurecon.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 _PRIMES = (1, 2654435761, 805459861)
-BACKENDS = ("torch", "tcnn")
+BACKENDS = ("auto", "torch", "tcnn", "triton")
 N_FEATURES = (1, 2, 4, 8)  # what tiny-cuda-nn's HashGrid accepts
 
 
@@ -45,6 +46,29 @@ def tcnn_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("tinycudann") is not None
 
 
+def select_backend(backend: str) -> str:
+    """The backend that runs for ``encoder.backend``: ``auto`` takes the fastest that can run
+    here (tcnn, then triton, then torch); an explicit one that cannot run warns once and falls
+    back to torch."""
+    can = {
+        "torch": True,
+        "tcnn": tcnn_available(),
+        "triton": triton_available() or (backend == "triton" and interpreting()),
+    }
+    if backend == "auto":
+        return next(b for b in ("tcnn", "triton", "torch") if can[b])
+    if not can[backend]:
+        why = {
+            "tcnn": "tiny-cuda-nn needs CUDA and the tinycudann package (see README, "
+            "'Fast encoders')",
+            "triton": "the Triton kernels need CUDA and the triton package (or "
+            "TRITON_INTERPRET=1 for tests)",
+        }[backend]
+        log.warning("encoder.backend=%s: %s; using the PyTorch hash grid", backend, why)
+        return "torch"
+    return backend
+
+
 class HashGridEncoder(nn.Module):
     """Trilinearly interpolated feature grids at ``n_levels`` resolutions.
 
@@ -58,8 +82,14 @@ class HashGridEncoder(nn.Module):
         log2_table_size: entries per level (at most).
         base_resolution, max_resolution: grid resolution of the coarsest / finest level.
         include_input: prepend the raw input (lets an SDF MLP keep a geometric init).
-        backend: ``torch`` or ``tcnn`` (tiny-cuda-nn's fused CUDA kernels when CUDA and
-            ``tinycudann`` are available; otherwise one warning and the torch backend).
+        backend: ``torch``; ``tcnn`` (tiny-cuda-nn's fused CUDA kernels, when CUDA and
+            ``tinycudann`` are available); ``triton`` (neurecon's Triton kernels, on CUDA with
+            triton installed, as CUDA builds of PyTorch ship it; anywhere under
+            ``TRITON_INTERPRET=1``); ``auto``: tcnn, else triton, else torch, by what can run.
+            A backend that cannot run here gives one warning and the torch backend.
+        progressive_levels, level_every: Neuralangelo's coarse-to-fine schedule: only the
+            coarsest ``progressive_levels`` levels are active at first (finer ones output zeros)
+            and one more joins every ``level_every`` steps. None: all levels from the start.
     Shapes: (N, 3) → (N, out_dim), ``out_dim = n_levels * n_features (+ 3)``.
     """
 
@@ -73,7 +103,9 @@ class HashGridEncoder(nn.Module):
         base_resolution: int = 16,
         max_resolution: int = 2048,
         include_input: bool = True,
-        backend: str = "torch",
+        backend: str = "auto",
+        progressive_levels: int | None = None,
+        level_every: int = 500,
     ) -> None:
         super().__init__()
         if in_dim != 3:
@@ -85,6 +117,11 @@ class HashGridEncoder(nn.Module):
         if n_features not in N_FEATURES:
             raise ConfigError(
                 f"encoder.n_features={n_features}: tiny-cuda-nn's hash grid takes {N_FEATURES}"
+            )
+        if progressive_levels is not None and not (progressive_levels >= 1 and level_every >= 1):
+            raise ConfigError(
+                f"encoder.progressive_levels={progressive_levels} must be >= 1 (or null) and "
+                f"encoder.level_every={level_every} >= 1"
             )
         self.in_dim, self.bound, self.include_input = in_dim, bound, include_input
         self.n_levels, self.n_features = n_levels, n_features
@@ -115,9 +152,13 @@ class HashGridEncoder(nn.Module):
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES), persistent=False)
         self.out_dim = n_levels * n_features + (in_dim if include_input else 0)
-        # Cell size of the finest level in input units: the finite-difference step that
-        # resolves it (field.gradient=finite_difference with field.fd_eps=null).
-        self.finest_cell = 2.0 * bound / max(scales[-1], 1.0)
+        self.progressive_levels, self.level_every = progressive_levels, int(level_every)
+        start = n_levels if progressive_levels is None else min(progressive_levels, n_levels)
+        # Saved with a coarse-to-fine model, so that a run loaded for evaluation encodes as it
+        # was trained; without the schedule the state dict is the table alone.
+        self.register_buffer(
+            "active_levels", torch.tensor(start), persistent=progressive_levels is not None
+        )
         self.config = {
             "otype": "HashGrid",
             "n_levels": n_levels,
@@ -126,12 +167,7 @@ class HashGridEncoder(nn.Module):
             "base_resolution": base_resolution,
             "per_level_scale": self.per_level_scale,
         }
-        self.backend = "tcnn" if backend == "tcnn" and tcnn_available() else "torch"
-        if backend == "tcnn" and self.backend == "torch":
-            log.warning(
-                "encoder.backend=tcnn: tiny-cuda-nn needs CUDA and the tinycudann package "
-                "(see README, 'Fast encoders'); using the PyTorch hash grid"
-            )
+        self.backend = select_backend(backend)
         self.tcnn: nn.Module | None = None
         if self.backend == "tcnn":
             import tinycudann as tcnn  # CUDA-only; reached only when it can run
@@ -146,6 +182,19 @@ class HashGridEncoder(nn.Module):
         # (entries, features) — the layout is the same, only tcnn keeps it flat as tcnn.params.
         self._register_state_dict_hook(HashGridEncoder._save_as_embeddings)
 
+    @property
+    def finest_cell(self) -> float:
+        """Cell size of the finest active level in input units: the finite-difference step that
+        resolves it (field.gradient=finite_difference with field.fd_eps=null); with
+        ``progressive_levels`` it shrinks as finer levels join, as in Neuralangelo."""
+        return 2.0 * self.bound / max(float(self.scale[int(self.active_levels) - 1]), 1.0)
+
+    def update_step(self, step: int) -> None:
+        """Schedule hook (the trainer calls it before every step): coarse-to-fine levels."""
+        if self.progressive_levels is not None:
+            n = min(self.n_levels, self.progressive_levels + step // self.level_every)
+            self.active_levels.fill_(n)
+
     @staticmethod
     def _save_as_embeddings(module: HashGridEncoder, state: dict, prefix: str, local_meta) -> None:
         key = prefix + "tcnn.params"
@@ -154,6 +203,8 @@ class HashGridEncoder(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         emb, flat = prefix + "embeddings", prefix + "tcnn.params"
+        if self.progressive_levels is not None:  # a checkpoint saved without the schedule
+            state_dict.setdefault(prefix + "active_levels", torch.tensor(self.n_levels))
         if self.tcnn is not None and emb in state_dict:
             state_dict[flat] = state_dict.pop(emb).reshape(-1)
         elif self.tcnn is None and flat in state_dict:  # a checkpoint from an older tcnn run
@@ -198,12 +249,25 @@ class HashGridEncoder(nn.Module):
         out = torch.einsum("lnc,lncf->nlf", wc.reshape(L, N, 8), feats)
         return out.reshape(N, -1)
 
+    def levels(self) -> Levels:
+        """Per-level constants for the Triton kernels (on the encoder's device)."""
+        i64 = torch.int64
+        return Levels(
+            self.scale, self.res.to(i64), self.sizes.to(i64), self.offsets.to(i64),
+            self.dense.to(i64), self.n_features,
+        )  # fmt: skip
+
     def forward(self, x: Tensor) -> Tensor:
         u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
         if self.tcnn is not None:
             if not u.is_cuda:
                 raise ConfigError("encoder.backend=tcnn runs on CUDA only (trainer.device=cpu?)")
             out = self.tcnn(u).float()
-        else:
+        elif self.backend == "triton" and (u.is_cuda or interpreting()):
+            out = hash_encode(u, self.embeddings, self.levels())
+        else:  # torch; or triton's table on a CPU without the interpreter
             out = self._encode_torch(u)
+        if self.progressive_levels is not None and int(self.active_levels) < self.n_levels:
+            keep = torch.arange(self.n_levels, device=out.device) < self.active_levels
+            out = out * keep.repeat_interleave(self.n_features).to(out.dtype)
         return torch.cat([x, out], dim=-1) if self.include_input else out

@@ -88,9 +88,9 @@ class NeuSField(nn.Module):
         if gradient not in GRADIENT_MODES:
             raise ConfigError(f"field.gradient={gradient!r}; choose from {GRADIENT_MODES}")
         self.gradient = gradient
-        self.fd_eps = float(fd_eps or getattr(encoder, "finest_cell", None) or 1e-3)
-        if not self.fd_eps > 0:
+        if fd_eps is not None and not fd_eps > 0:
             raise ConfigError(f"field.fd_eps must be > 0, got {fd_eps}")
+        self._fd_eps = fd_eps
 
     def _geometric_init(self, radius: float, in_raw: int) -> None:
         """IDR/NeuS init: the network starts as ``|x| - radius`` (negative inside)."""
@@ -105,6 +105,12 @@ class NeuSField(nn.Module):
                 nn.init.normal_(lin.weight, 0.0, np.sqrt(2) / np.sqrt(out_dim))
                 if i == 0:  # encoded channels start at zero so the init is exactly a sphere
                     nn.init.constant_(lin.weight[:, in_raw:], 0.0)
+
+    @property
+    def fd_eps(self) -> float:
+        """The finite-difference step: ``field.fd_eps``, else the encoder's finest active cell
+        (a hash grid's; it shrinks as a coarse-to-fine schedule adds levels), else 1e-3."""
+        return float(self._fd_eps or getattr(self.encoder, "finest_cell", None) or 1e-3)
 
     def inv_s(self) -> Tensor:
         """Scalar inverse standard deviation of the logistic density."""

@@ -26,6 +26,7 @@ from neurecon.train import callbacks as jobs
 from neurecon.train.batch import next_ray_count
 from neurecon.train.callbacks import Callback
 from neurecon.train.checkpoint import checkpoint_to_resume
+from neurecon.train.compile import compile_field
 from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
 from neurecon.train.lock import run_folder_lock
 from neurecon.train.losses import LossWeights, total_loss
@@ -40,7 +41,8 @@ class Trainer:
     """Random-ray training with a NaN guard; checkpoints, logging, validation and pruning as
     callbacks; the final evaluation by :func:`neurecon.eval.evaluate_run`. Every argument is a
     ``trainer.*`` key, documented in ``conf/trainer/default.yaml``; ``metrics`` is the
-    ``metrics`` group, ``pruning`` is set by the sweeper; ``callbacks`` adds callbacks by name."""
+    ``metrics`` group, ``pruning`` is set by the sweeper, ``deadline`` by a SLURM job
+    (:mod:`neurecon.cluster`); ``callbacks`` adds callbacks by name."""
 
     def __init__(
         self,
@@ -68,7 +70,9 @@ class Trainer:
         guard: Mapping[str, Any] | None = None,
         resume: str = "never",
         max_time: float | None = None,
+        deadline: float | None = None,
         overwrite: bool = False,
+        compile: bool = False,
         video_frames: int = 0,
         metrics: Mapping[str, Any] | None = None,
         pruning: Mapping[str, Any] | None = None,
@@ -105,6 +109,9 @@ class Trainer:
         self.guard = NaNGuard(**dict(guard or {}))  # validates trainer.guard.* now
         self.resume, self.overwrite = resume, overwrite
         self.max_time = None if max_time is None else float(max_time)
+        # Wall-clock time (time.time()) at which training stops, e.g. before a SLURM job's
+        # limit (neurecon.cluster); unlike max_time it ignores earlier sessions.
+        self.deadline = None if deadline is None else float(deadline)
         self.eval_settings = EvalSettings(
             self.device, int(chunk), int(mesh_resolution or 0), chamfer_points,
             chamfer_threshold, seed, progress, metric_options(metrics), int(video_frames),
@@ -117,6 +124,7 @@ class Trainer:
         self.logger: Any = NoneLogger()
         self.stop_reason: str | None = None  # set when training ends before max_steps
         self.scaler: torch.amp.GradScaler | None = None  # fp16 only, built in fit
+        self.compile, self.compiled, self.compile_s = bool(compile), False, 0.0
         self.step, self._time_step, self.train_time = 0, -1, 0.0
 
     @property
@@ -125,15 +133,18 @@ class Trainer:
         return _PRECISIONS[self.precision]
 
     def out_of_time(self, state: TrainState) -> bool:
-        """True once ``max_time`` is spent; decided once per step (the checkpoint callback asks
-        first, so the step that stops training is the step that is saved)."""
+        """True once ``max_time`` is spent or ``deadline`` has passed; decided once per step (the
+        checkpoint callback asks first, so the step that stops training is the step that is
+        saved)."""
         if self._time_step != state.step:
             self._time_step = state.step
-            over = self.max_time is not None and state.elapsed >= self.max_time
-            if over and self.stop_reason is None and state.step < self.max_steps:
-                self.stop_reason = (
-                    f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
-                )
+            reason = None
+            if self.max_time is not None and state.elapsed >= self.max_time:
+                reason = f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
+            elif self.deadline is not None and time.time() >= self.deadline:
+                reason = f"the job's time limit is near: stopped at step {state.step}"
+            if reason and self.stop_reason is None and state.step < self.max_steps:
+                self.stop_reason = reason
                 log.warning("%s of %d: stopping training", self.stop_reason, self.max_steps)
         return self.stop_reason is not None
 
@@ -164,6 +175,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.seed)
         field.to(self.device)
         renderer.to(self.device)
+        self.compiled = self.compile and compile_field(field)
         renderer.setup(self.device)  # may build CUDA kernels: before the training clock starts
         opt, sched = optimizer.build(field, self.max_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -193,6 +205,8 @@ class Trainer:
         metrics = self._base_metrics(scene, "time_limit" if self.stop_reason else "completed")
         metrics.update({"stop_reason": self.stop_reason} if self.stop_reason else {})
         metrics["train_time_s"] = self.train_time
+        if self.compiled:
+            metrics["compile_s"] = self.compile_s
         metrics = evaluate_run(
             scene, field, renderer, out, self.eval_settings, metrics, self.logger, self.max_steps
         )
@@ -226,11 +240,16 @@ class Trainer:
         self.bar = tqdm(
             total=self.max_steps, initial=state.step, disable=not self.progress, desc="train"
         )
+        scheduled = [m for m in field.modules() if callable(getattr(m, "update_step", None))]
+        first = True
         while state.step < self.max_steps:
             state.step += 1
+            t_step = time.time()
             field.train()
             renderer.train()
             renderer.update_step(state.step, field)
+            for m in scheduled:  # e.g. a hash grid's coarse-to-fine levels
+                m.update_step(state.step)
             batch = scene.sample_rays(state.rays, state.generator, self.device)
             with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
                 r = renderer(field, batch.origins, batch.dirs, bg)
@@ -255,6 +274,11 @@ class Trainer:
                 state.rays = next_ray_count(
                     state.rays, r.num_samples, self.samples_per_step, self.max_batch_rays
                 )
+            if first and self.compiled:  # the first step compiles: report it, not as training
+                self.compile_s = time.time() - t_step
+                state.t0 += self.compile_s
+                log.info("trainer.compile: first step %.1f s (compilation)", self.compile_s)
+            first = False
             self.bar.update(1)
             self.step = state.step
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss, "terms": terms,
