@@ -44,6 +44,7 @@ from neurecon.io import write_json
 from neurecon.memory import PeakMemory
 from neurecon.metrics import psnr
 from neurecon.train.callbacks import Callback
+from neurecon.train.compile import compile_field
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # The bench times training alone: no periodic validation, checkpoints, mesh or LPIPS.
@@ -373,6 +374,8 @@ def report(res: dict[str, Any]) -> str:
             + (f" ({res['steps_to_target']} steps)" if res["steps_to_target"] else ""),
             "",
         ),
+        *[("compilation (first step)", _fmt(res.get("compile_s"), " s"), "")]
+        * bool(res.get("compile_s")),
         (f"training peak ({res['memory_kind']})", _fmt(res["train_peak_mib"], " MiB"), ""),
         (
             f"validation {res['val_size']}{band}",
@@ -434,10 +437,13 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         }
         print(f"neurecon.bench on {res['device']} ({res['threads']} threads), torch {res['torch']}")
+        if run.trainer.compile:  # trainer.compile=true: time the compiled field (warm-up compiles)
+            compile_field(run.field)
         res.update(bench_field(run.field, args.points, device, amp_dtype=run.trainer.amp_dtype))
         # The field benchmark touched the parameters' grads only; train from the same init.
         run = build(cfg)
         res.update(bench_training(run, device, args.psnr_target, args.budget, args.check_every))
+        res["compile_s"] = run.trainer.compile_s if run.trainer.compiled else None
         res.update(bench_validation(run, device, width, height, args.val_rows or height))
     except (NeuReconError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -62,6 +62,14 @@ class Levels:
 if triton is not None:
 
     @triton.jit
+    def _level(scale_ptr, res_ptr, size_ptr, offset_ptr, dense_ptr, lvl):
+        """One level's constants: position scale, resolution, table size and offset, dense."""
+        scale = tl.load(scale_ptr + lvl)
+        res, size = tl.load(res_ptr + lvl), tl.load(size_ptr + lvl)
+        offset, dense = tl.load(offset_ptr + lvl), tl.load(dense_ptr + lvl)
+        return scale, res, size, offset, dense
+
+    @triton.jit
     def _cell(u_ptr, n, mask, scale):
         """Grid position of points ``n`` at one level: integer base corner and fraction."""
         px = tl.load(u_ptr + n * 3 + 0, mask=mask, other=0.0) * scale + 0.5
@@ -116,9 +124,8 @@ if triton is not None:
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = n < N
         f = tl.arange(0, F)
-        scale = tl.load(scale_ptr + lvl)
-        res, size = tl.load(res_ptr + lvl), tl.load(size_ptr + lvl)
-        offset, dense = tl.load(offset_ptr + lvl), tl.load(dense_ptr + lvl)
+        scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr,
+                                                 dense_ptr, lvl)  # fmt: skip
         bx, by, bz, fx, fy, fz = _cell(u_ptr, n, mask, scale)
         acc = tl.zeros((BLOCK_N, F), dtype=tl.float32)
         for c in tl.static_range(8):
@@ -139,9 +146,8 @@ if triton is not None:
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         mask = n < N
         f = tl.arange(0, F)
-        scale = tl.load(scale_ptr + lvl)
-        res, size = tl.load(res_ptr + lvl), tl.load(size_ptr + lvl)
-        offset, dense = tl.load(offset_ptr + lvl), tl.load(dense_ptr + lvl)
+        scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr,
+                                                 dense_ptr, lvl)  # fmt: skip
         bx, by, bz, fx, fy, fz = _cell(u_ptr, n, mask, scale)
         g_ptrs = g_out_ptr + n[:, None] * (L * F) + lvl * F + f[None, :]
         g = tl.load(g_ptrs, mask=mask[:, None], other=0.0)
@@ -165,9 +171,8 @@ if triton is not None:
         gy = tl.zeros((BLOCK_N,), dtype=tl.float32)
         gz = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for lvl in range(L):
-            scale = tl.load(scale_ptr + lvl)
-            res, size = tl.load(res_ptr + lvl), tl.load(size_ptr + lvl)
-            offset, dense = tl.load(offset_ptr + lvl), tl.load(dense_ptr + lvl)
+            scale, res, size, offset, dense = _level(scale_ptr, res_ptr, size_ptr, offset_ptr,
+                                                     dense_ptr, lvl)  # fmt: skip
             bx, by, bz, fx, fy, fz = _cell(u_ptr, n, mask, scale)
             g_ptrs = g_out_ptr + n[:, None] * (L * F) + lvl * F + f[None, :]
             g = tl.load(g_ptrs, mask=mask[:, None], other=0.0)
