@@ -113,9 +113,10 @@ def _squeue_time_left(job_id: str) -> float | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    left = parse_slurm_duration(res.stdout) if res.returncode == 0 else None
-    if left is None:
-        log.warning("SLURM job %s: could not read its time left from squeue", job_id)
+    text = res.stdout.strip() if res.returncode == 0 else ""
+    left = parse_slurm_duration(text)
+    if left is None and text not in ("UNLIMITED", "INFINITE", "NOT_SET"):  # no limit: say nothing
+        log.warning("SLURM job %s: could not read its time left from squeue (%r)", job_id, text)
     return left
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the cluster that tests/slurm/start.sh started (its daemons only; packages stay).
+# Stop the cluster that tests/slurm/start.sh started: its SLURM daemons (by their pid files),
+# and MariaDB and munged (by name: this is a test machine). The packages stay.
 set -uo pipefail
 D="${1:-${NEURECON_SLURM_DIR:-/tmp/neurecon-slurm}}"
 for name in slurmd slurmctld slurmdbd; do
