@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,16 +195,6 @@ class Scene:
                 view[bad], v[bad], u[bad] = self._draw(k, generator)
                 bad = ~self.valid[self._flat(view, v, u)]
         return self._batch(view, v, u, torch.device(device))
-
-    def view_rays(
-        self, view: int, chunk: int, device: str | torch.device = "cpu"
-    ) -> Iterator[RayBatch]:
-        """All rays of one view in row-major chunks of at most ``chunk`` rays."""
-        H, W = self.size(view)
-        for start in range(0, H * W, chunk):
-            flat = torch.arange(start, min(start + chunk, H * W))
-            v, u = flat // W, flat % W
-            yield self._batch(torch.full_like(flat, view), v, u, torch.device(device))
 
     def _view(self, store: Tensor, view: int) -> Tensor:
         return store[self.offsets[view] : self.offsets[view + 1]].reshape(*self.size(view), -1)

@@ -159,6 +159,10 @@ class HashGridEncoder(nn.Module):
         self.register_buffer(
             "active_levels", torch.tensor(start), persistent=progressive_levels is not None
         )
+        # Host-side copies: the finite-difference step and the level mask are read on every
+        # forward, and reading the buffer on CUDA would synchronise each time.
+        self._active = start
+        self._cells = [2.0 * bound / max(sc, 1.0) for sc in scales]
         self.config = {
             "otype": "HashGrid",
             "n_levels": n_levels,
@@ -187,13 +191,13 @@ class HashGridEncoder(nn.Module):
         """Cell size of the finest active level in input units: the finite-difference step that
         resolves it (field.gradient=finite_difference with field.fd_eps=null); with
         ``progressive_levels`` it shrinks as finer levels join, as in Neuralangelo."""
-        return 2.0 * self.bound / max(float(self.scale[int(self.active_levels) - 1]), 1.0)
+        return self._cells[self._active - 1]
 
     def update_step(self, step: int) -> None:
         """Schedule hook (the trainer calls it before every step): coarse-to-fine levels."""
         if self.progressive_levels is not None:
-            n = min(self.n_levels, self.progressive_levels + step // self.level_every)
-            self.active_levels.fill_(n)
+            self._active = min(self.n_levels, self.progressive_levels + step // self.level_every)
+            self.active_levels.fill_(self._active)
 
     @staticmethod
     def _save_as_embeddings(module: HashGridEncoder, state: dict, prefix: str, local_meta) -> None:
@@ -216,6 +220,7 @@ class HashGridEncoder(nn.Module):
                     f"{self.n_params} (different levels, features or table size?)"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._active = int(self.active_levels)
 
     def _encode_torch(self, u: Tensor) -> Tensor:
         """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops.
@@ -267,7 +272,7 @@ class HashGridEncoder(nn.Module):
             out = hash_encode(u, self.embeddings, self.levels())
         else:  # torch; or triton's table on a CPU without the interpreter
             out = self._encode_torch(u)
-        if self.progressive_levels is not None and int(self.active_levels) < self.n_levels:
-            keep = torch.arange(self.n_levels, device=out.device) < self.active_levels
+        if self._active < self.n_levels:
+            keep = torch.arange(self.n_levels, device=out.device) < self._active
             out = out * keep.repeat_interleave(self.n_features).to(out.dtype)
         return torch.cat([x, out], dim=-1) if self.include_input else out
