@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from neurecon.encoders.hashgrid_triton import Levels, hash_encode, interpreting, triton_available
+from neurecon.encoders.hashgrid_ops import Levels, TorchCorners
+from neurecon.encoders.hashgrid_ops import hash_encode as autograd_encode
+from neurecon.encoders.hashgrid_triton import hash_encode, interpreting, triton_available
 from neurecon.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_PRIMES = (1, 2654435761, 805459861)
 BACKENDS = ("auto", "torch", "tcnn", "triton")
 N_FEATURES = (1, 2, 4, 8)  # what tiny-cuda-nn's HashGrid accepts
 
@@ -150,7 +151,6 @@ class HashGridEncoder(nn.Module):
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1]), persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
-        self.register_buffer("primes", torch.tensor(_PRIMES), persistent=False)
         self.out_dim = n_levels * n_features + (in_dim if include_input else 0)
         self.progressive_levels, self.level_every = progressive_levels, int(level_every)
         start = n_levels if progressive_levels is None else min(progressive_levels, n_levels)
@@ -223,39 +223,17 @@ class HashGridEncoder(nn.Module):
         self._active = int(self.active_levels)
 
     def _encode_torch(self, u: Tensor) -> Tensor:
-        """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops.
-
-        Corner indices and trilinear weights are built per axis, (L, N, 2) each, and combined
-        by broadcasting into (L, N, 2, 2, 2): no (L, N, 8, 3) intermediates, which dominated
-        memory traffic (and time on CPUs).
-        """
+        """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops, differentiated by
+        autograd op by op: the reference the faster backends are tested against, and what
+        ``torch.compile`` traces (it cannot trace the hand-written autograd of ``hashgrid_ops``)."""
         L, N = self.n_levels, u.shape[0]
         if N == 0:  # e.g. no ray met an occupied cell: view() cannot infer a size from nothing
             return u.new_zeros(0, L * self.n_features) + 0 * self.embeddings.sum()
-        pos = u[None] * self.scale[:, None, None] + 0.5  # (L, N, 3)
-        base = pos.floor()
-        frac = pos - base
-        ib = base.long()
-        one = torch.tensor([0, 1], device=u.device)
-        corner = ib[..., None] + one  # (L, N, 3, 2): per axis, the two grid lines
-        w = torch.stack([1 - frac, frac], -1)  # (L, N, 3, 2)
-        cx, cy, cz = corner.unbind(2)  # (L, N, 2) each
-        r = self.res[:, None, None]
-        dense_idx = cx[..., :, None, None] + (cy * r)[..., None, :, None]
-        dense_idx = dense_idx + (cz * r * r)[..., None, None, :]  # (L, N, 2, 2, 2)
-        m = 0xFFFFFFFF  # tiny-cuda-nn hashes in uint32 arithmetic
-        hx, hy, hz = cx * self.primes[0] & m, cy * self.primes[1] & m, cz * self.primes[2] & m
-        hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
-        flat = torch.where(self.dense[:, None, None, None, None], dense_idx, hashed)
-        flat = flat % self.sizes.view(L, 1, 1, 1, 1) + self.offsets.view(L, 1, 1, 1, 1)
-        wx, wy, wz = w.unbind(2)
-        wc = wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
-        feats = self.embeddings.index_select(0, flat.reshape(-1)).view(L, N, 8, -1)
-        out = torch.einsum("lnc,lncf->nlf", wc.reshape(L, N, 8), feats)
-        return out.reshape(N, -1)
+        c = TorchCorners(u, self.levels(), track_input=True)
+        return torch.einsum("lnc,lncf->nlf", c.w, c.gather(self.embeddings)).reshape(N, -1)
 
     def levels(self) -> Levels:
-        """Per-level constants for the Triton kernels (on the encoder's device)."""
+        """Per-level constants for the encoding's primitives (on the encoder's device)."""
         i64 = torch.int64
         return Levels(
             self.scale, self.res.to(i64), self.sizes.to(i64), self.offsets.to(i64),
@@ -270,8 +248,11 @@ class HashGridEncoder(nn.Module):
             out = self.tcnn(u).float()
         elif self.backend == "triton" and (u.is_cuda or interpreting()):
             out = hash_encode(u, self.embeddings, self.levels())
-        else:  # torch; or triton's table on a CPU without the interpreter
+        elif torch.compiler.is_compiling() or u.shape[0] == 0:  # see _encode_torch
             out = self._encode_torch(u)
+        else:  # torch; or triton's table on a CPU without the interpreter
+            c = TorchCorners(u, self.levels())
+            out = autograd_encode(u, c.gather(self.embeddings), c)
         if self._active < self.n_levels:
             keep = torch.arange(self.n_levels, device=out.device) < self._active
             out = out * keep.repeat_interleave(self.n_features).to(out.dtype)

@@ -10,10 +10,9 @@ so the two share one parameter table and are tested against each other. Three ke
   into the table's gradient with atomic adds;
 - ``_input_grad_kernel``: ``∂L/∂u_a = Σ_l Σ_c (∂w_c/∂u_a) · <g_out[n, l], table[idx_c]>``.
 
-Autograd: the backward is itself differentiable in the table and in ``g_out`` (what the eikonal
-term needs with ``field.gradient=analytic``): the double backward reuses the first two kernels
-with directional weights. The encoding's second derivative in ``u`` is not propagated (sample
-positions are not trained; tiny-cuda-nn does the same).
+They are the three primitives of ``hashgrid_ops.py`` (:class:`TritonCorners`), whose autograd
+(shared with the torch backend) gives the backward and the double backward the eikonal term
+needs with ``field.gradient=analytic``.
 
 Runs on CUDA; on a CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
 """
@@ -21,10 +20,12 @@ Runs on CUDA; on a CPU only under Triton's interpreter (``TRITON_INTERPRET=1``, 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from neurecon.encoders.hashgrid_ops import PRIMES, Levels
+from neurecon.encoders.hashgrid_ops import hash_encode as _autograd_encode
 
 try:
     import triton
@@ -33,7 +34,7 @@ except ImportError:  # optional: the torch backend covers every device
     triton = None
 
 BLOCK = 128
-_P1, _P2 = 2654435761, 805459861  # tiny-cuda-nn's primes for y and z (x: 1)
+_P1, _P2 = PRIMES[1:]  # tiny-cuda-nn's primes for y and z (x: 1)
 
 
 def triton_available() -> bool:
@@ -45,18 +46,6 @@ def interpreting() -> bool:
     """Triton's interpreter is on: kernels run on CPU tensors (slowly; for tests). Triton reads
     the variable when a kernel is defined, so it must be set before neurecon is imported."""
     return triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@dataclass(frozen=True)
-class Levels:
-    """Per-level grid constants, (L,) tensors on the encoder's device."""
-
-    scale: Tensor  # float32: position scale
-    res: Tensor  # int64: grid resolution (dense indexing)
-    size: Tensor  # int64: table entries
-    offset: Tensor  # int64: first entry in the shared table
-    dense: Tensor  # int64: 1 where the level is indexed densely
-    n_features: int
 
 
 if triton is not None:
@@ -240,50 +229,25 @@ def _input_grad(u: Tensor, table: Tensor, g_out: Tensor, lv: Levels) -> Tensor:
     return g_u
 
 
-class _HashEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u: Tensor, table: Tensor, lv: Levels) -> Tensor:
-        ctx.save_for_backward(u, table)
-        ctx.lv = lv
-        return _encode(u, table, lv)
+class TritonCorners:
+    """The three primitives of ``hashgrid_ops`` as kernel launches, for points ``u`` (N, 3);
+    the source is the table (T, F) itself."""
 
-    @staticmethod
-    def backward(ctx, g_out: Tensor):
-        u, table = ctx.saved_tensors
-        want_u = ctx.needs_input_grad[0]
-        g_u, g_table = _HashEncodeBackward.apply(u, table, g_out, ctx.lv, want_u)
-        return g_u, g_table, None
+    def __init__(self, u: Tensor, lv: Levels) -> None:
+        self.u, self.lv = u.detach().contiguous().float(), lv
 
+    def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        return _encode(self.u, src, self.lv, direction)
 
-class _HashEncodeBackward(torch.autograd.Function):
-    """(u, table, g_out) → (∂L/∂u, ∂L/∂table); differentiable in ``table`` and ``g_out``."""
+    def source_grad(self, g_out: Tensor, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        return _table_grad(self.u, g_out, self.lv, src.shape[0], direction)
 
-    @staticmethod
-    def forward(ctx, u: Tensor, table: Tensor, g_out: Tensor, lv: Levels, want_u: bool):
-        g_out = g_out.contiguous().float()
-        ctx.save_for_backward(u, table, g_out)
-        ctx.lv = lv
-        g_u = _input_grad(u, table, g_out, lv) if want_u else None
-        return g_u, _table_grad(u, g_out, lv, table.shape[0])
-
-    @staticmethod
-    def backward(ctx, gg_u: Tensor | None, gg_table: Tensor | None):
-        u, table, g_out = ctx.saved_tensors
-        lv = ctx.lv
-        g_table = g_gout = None
-        if gg_u is not None:  # ∂(∂L/∂u)/∂table and ∂(∂L/∂u)/∂g_out, along gg_u
-            if ctx.needs_input_grad[1]:
-                g_table = _table_grad(u, g_out, lv, table.shape[0], direction=gg_u)
-            if ctx.needs_input_grad[2]:
-                g_gout = _encode(u, table, lv, direction=gg_u)
-        if gg_table is not None and ctx.needs_input_grad[2]:  # ∂table_grad/∂g_out = encode
-            t = _encode(u, gg_table, lv)
-            g_gout = t if g_gout is None else g_gout + t
-        return None, g_table, g_gout, None, None
+    def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor:
+        return _input_grad(self.u, src, g_out, self.lv)
 
 
 def hash_encode(u: Tensor, table: Tensor, lv: Levels) -> Tensor:
     """The hash encoding of ``u`` (N, 3) in [0, 1] with ``table`` (T, F): (N, L·F), float32."""
     if triton is None:
         raise RuntimeError("encoder.backend=triton needs the triton package")
-    return _HashEncode.apply(u.contiguous().float(), table, lv)
+    return _autograd_encode(u, table, TritonCorners(u, lv))

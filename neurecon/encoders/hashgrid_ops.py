@@ -1,0 +1,184 @@
+"""The hash encoding as three linear primitives, and one autograd for every backend.
+
+For points ``u`` (N, 3) in [0, 1] the encoding is linear in the table:
+``out[n, l] = Σ_c w_c(u_n) · table[idx_c(u_n)]`` over the 8 corners c of the point's cell at
+level l. Its backward, and the double backward the eikonal term needs, are the same sums with
+other weights, so a backend supplies three primitives for a batch of points (:class:`Corners`),
+over a *source* of table values:
+
+- ``encode(src, direction)``: the sum above, (N, L·F); with ``direction`` v (N, 3), the
+  derivative of the encoding along v instead (weights ``Σ_a v_a ∂w_c/∂u_a``);
+- ``source_grad(g_out, src, direction)``: its transpose, the gradient for ``src``;
+- ``input_grad(src, g_out)``: ``∂L/∂u`` (N, 3).
+
+The Triton kernels (``hashgrid_triton.py``) take the table itself as the source and fuse the
+gather and the scatter. :class:`TorchCorners` (tensor ops, any device) takes the table rows
+already gathered per corner, (L, N, 8, F), by one ``index_select`` outside: autograd then sums
+the rows' gradients from the loss and from the eikonal term's double backward and scatters them
+into the table once (a scatter into a large table costs more than the rest on a CPU). The
+encoding's second derivative in ``u`` is not propagated: sample positions are not trained
+(tiny-cuda-nn does the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+PRIMES = (1, 2654435761, 805459861)  # tiny-cuda-nn's spatial hash, per axis
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Per-level grid constants, (L,) tensors on the encoder's device."""
+
+    scale: Tensor  # float32: position scale
+    res: Tensor  # int64: grid resolution (dense indexing)
+    size: Tensor  # int64: table entries
+    offset: Tensor  # int64: first entry in the shared table
+    dense: Tensor  # int64: 1 where the level is indexed densely
+    n_features: int
+
+
+class Corners(Protocol):
+    """The encoding's primitives for one batch of points (see the module docstring)."""
+
+    def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor: ...
+
+    def source_grad(
+        self, g_out: Tensor, src: Tensor, direction: Tensor | None = None
+    ) -> Tensor: ...
+
+    def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor: ...
+
+
+class TorchCorners:
+    """The primitives in tensor ops for points ``u`` (N, 3) in [0, 1]; the source is the
+    table's rows at every corner, ``table[idx].view(L, N, 8, F)``.
+
+    The corner rows ``idx`` (L·N·8,) and the trilinear factors are computed once per batch and
+    shared by the forward and both backwards; ``idx`` and ``w`` (L, N, 8) also serve the
+    reference encoding in ``hashgrid.py``. Corner order: (x, y, z) bits nested as [x][y][z]
+    (any order gives the same sums).
+    """
+
+    def __init__(self, u: Tensor, lv: Levels, track_input: bool = False) -> None:
+        L, N = lv.scale.shape[0], u.shape[0]
+        self.shape = (L, N, lv.n_features)
+        # track_input: the weights stay differentiable in u, for plain autograd (the reference)
+        pos = (u if track_input else u.detach())[None] * lv.scale[:, None, None] + 0.5
+        base = pos.floor()
+        frac = pos - base
+        corner = base.long()[..., None] + torch.tensor([0, 1], device=u.device)  # (L, N, 3, 2)
+        cx, cy, cz = corner.unbind(2)  # (L, N, 2) each: per axis, the two grid lines
+        r = lv.res[:, None, None]
+        dense = cx[..., :, None, None] + (cy * r)[..., None, :, None]
+        dense = dense + (cz * r * r)[..., None, None, :]  # (L, N, 2, 2, 2)
+        m = 0xFFFFFFFF  # tiny-cuda-nn hashes in uint32 arithmetic
+        hx, hy, hz = cx * PRIMES[0] & m, cy * PRIMES[1] & m, cz * PRIMES[2] & m
+        hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
+        idx = torch.where(lv.dense.bool()[:, None, None, None, None], dense, hashed)
+        idx = idx % lv.size.view(L, 1, 1, 1, 1) + lv.offset.view(L, 1, 1, 1, 1)
+        self.idx = idx.reshape(-1)
+        self.axes = torch.stack([1 - frac, frac], -1).unbind(2)  # 3 × (L, N, 2)
+        self.scale = lv.scale
+        self.w = self._outer(*self.axes)
+        self._dw: list[Tensor] | None = None
+
+    def gather(self, table: Tensor) -> Tensor:
+        """The source for ``table`` (T, F): its rows at every corner, (L, N, 8, F)."""
+        return table.index_select(0, self.idx).view(*self.w.shape, table.shape[1])
+
+    @staticmethod
+    def _outer(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
+        """(L, N, 2) per axis → (L, N, 8) products, in the corner order of ``idx``."""
+        w = wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
+        return w.reshape(*w.shape[:2], 8)
+
+    @property
+    def dw(self) -> list[Tensor]:
+        """∂w/∂u_a for a = x, y, z: 3 × (L, N, 8), the level's scale included."""
+        if self._dw is None:
+            slope = torch.tensor([-1.0, 1.0], device=self.scale.device) * self.scale[:, None]
+            slope = slope[:, None, :].expand_as(self.axes[0])  # (L, N, 2)
+            wx, wy, wz = self.axes
+            self._dw = [
+                self._outer(slope, wy, wz),
+                self._outer(wx, slope, wz),
+                self._outer(wx, wy, slope),
+            ]
+        return self._dw
+
+    def _weights(self, direction: Tensor | None) -> Tensor:
+        if direction is None:
+            return self.w
+        v = direction.detach().t()[:, None, :, None]  # (3, 1, N, 1)
+        dx, dy, dz = self.dw
+        return v[0] * dx + v[1] * dy + v[2] * dz
+
+    def _g(self, g_out: Tensor) -> Tensor:
+        L, N, F = self.shape
+        return g_out.reshape(N, L, F).transpose(0, 1)  # (L, N, F)
+
+    def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        L, N, F = self.shape
+        return torch.einsum("lnc,lncf->nlf", self._weights(direction), src).reshape(N, L * F)
+
+    def source_grad(self, g_out: Tensor, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        return self._weights(direction)[..., None] * self._g(g_out)[:, :, None, :]
+
+    def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor:
+        dot = torch.einsum("lncf,lnf->lnc", src, self._g(g_out))  # (L, N, 8)
+        return torch.stack([(d * dot).sum((0, 2)) for d in self.dw], -1)
+
+
+class _HashEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, src: Tensor, corners: Corners) -> Tensor:
+        ctx.save_for_backward(src)
+        ctx.corners = corners
+        return corners.encode(src)
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor):
+        (src,) = ctx.saved_tensors
+        want_u = ctx.needs_input_grad[0]
+        g_u, g_src = _HashEncodeBackward.apply(src, g_out, ctx.corners, want_u)
+        return g_u, g_src, None
+
+
+class _HashEncodeBackward(torch.autograd.Function):
+    """(src, g_out) → (∂L/∂u, ∂L/∂src); differentiable in ``src`` and ``g_out``."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, g_out: Tensor, corners: Corners, want_u: bool):
+        g_out = g_out.contiguous().float()
+        ctx.save_for_backward(src, g_out)
+        ctx.corners = corners
+        g_u = corners.input_grad(src, g_out) if want_u else None
+        return g_u, corners.source_grad(g_out, src)
+
+    @staticmethod
+    def backward(ctx, gg_u: Tensor | None, gg_src: Tensor | None):
+        src, g_out = ctx.saved_tensors
+        corners = ctx.corners
+        g_src = g_gout = None
+        if gg_u is not None:  # ∂(∂L/∂u)/∂src and ∂(∂L/∂u)/∂g_out, along gg_u
+            if ctx.needs_input_grad[0]:
+                g_src = corners.source_grad(g_out, src, direction=gg_u)
+            if ctx.needs_input_grad[1]:
+                g_gout = corners.encode(src, direction=gg_u)
+        if gg_src is not None and ctx.needs_input_grad[1]:  # ∂source_grad/∂g_out = encode
+            t = corners.encode(gg_src)
+            g_gout = t if g_gout is None else g_gout + t
+        return g_src, g_gout, None, None
+
+
+def hash_encode(u: Tensor, src: Tensor, corners: Corners) -> Tensor:
+    """The encoding of ``u`` (N, 3) from the source ``src`` (the table, or the rows
+    ``corners`` reads) at the points ``corners`` was built for: (N, L·F), differentiable in
+    ``u`` and ``src``, twice in ``src``."""
+    return _HashEncode.apply(u, src, corners)
