@@ -10,6 +10,9 @@ from neurecon.fields.base import DensityOutput, SDFOutput
 from neurecon.render import NeuSRenderer
 
 SKY = torch.tensor([0.2, 0.4, 0.9])
+# The built-in scene before a near, textured table and wall, trained without its masks.
+ROOM = ["dataset.room=true", "dataset.num_views=20", "dataset.resolution=40",
+        "trainer.use_mask=false", "trainer.max_steps=200"]  # fmt: skip
 
 
 class Sky(nn.Module):
@@ -88,3 +91,54 @@ def test_background_is_trained_and_checkpointed(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     state = torch.load(tmp_path / "checkpoints" / "step_0000020.ckpt", weights_only=True)
     assert any(k.startswith("background_net.") for k in state["field"])
+
+
+def test_unmasked_training_leaves_a_near_textured_room_to_the_background(tmp_path):
+    """Without masks, a textured table and wall just outside the unit sphere (DTU-like, seen
+    from an arc of cameras in front of the wall) go to the background field, not to the object:
+    no vertex of the mesh lies at the sphere's surface or towards the table or the wall, and
+    the photos' room is rendered. (With ``field.background_model=none`` the same run fills the
+    whole sphere — no surface inside it — at 5 dB.)"""
+    import numpy as np
+    import trimesh
+
+    run = build(compose_cfg([*TINY, *ROOM]))
+    assert run.field.background_net is not None and run.scene.masks is not None  # unused
+    metrics = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
+    assert "mesh_error" not in metrics, metrics["mesh_error"]
+    T = run.scene.to_world
+    x = (trimesh.load(tmp_path / "mesh.ply").vertices - T[:3, 3]) / T[0, 0]  # normalised frame
+    r = np.linalg.norm(x, axis=1)
+    assert np.mean(np.abs(r - 1) < 0.02) < 0.05
+    assert x[:, 2].min() > -0.8 and x[:, 1].max() < 0.8  # the table: z = -1.05, the wall: y = 1.1
+    assert r.max() < 0.9 and metrics["chamfer/relative"] < 0.2
+    assert metrics["test/psnr"] > 14.0  # the room, by the background field
+
+
+def test_a_hash_grid_background_encodes_contracted_space_and_trains_with_the_encoders():
+    """``field.background_net.encoder``: mip-NeRF 360's contraction maps the outside of the unit
+    sphere into the shell 1 <= |c| < 2 (radially monotonic, the sphere fixed), the hash grid
+    encodes it, and its table trains in the ``encoder`` group (the hash tables' lr)."""
+    from neurecon.encoders import HashGridEncoder
+    from neurecon.fields.background import contract
+
+    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    radii = torch.tensor([1.0, 1.5, 4.0, 1e6])
+    c = contract(d[:, None] * radii[None, :, None])  # (64, 4, 3)
+    norms = c.norm(dim=-1)
+    assert torch.allclose(norms[:, 0], torch.ones(64), atol=1e-6)
+    assert (norms[:, 1:] > norms[:, :-1]).all() and (norms < 2.0).all()
+    assert (norms[:, -1] > 1.99).all()
+    assert torch.allclose(torch.nn.functional.normalize(c, dim=-1), d[:, None].expand_as(c))
+
+    enc = HashGridEncoder(bound=2.0, n_levels=4, log2_table_size=10, max_resolution=64,
+                          include_input=False, backend="torch")  # fmt: skip
+    bg = BackgroundField(hidden_dim=16, n_layers=1, feature_dim=8, encoder=enc)
+    out = bg(d * 3.0, d)
+    (out.density.sum() + out.color.sum()).backward()
+    assert enc.embeddings.grad.abs().sum() > 0
+    cfg = compose_cfg([*TINY, "trainer.use_mask=false", "experiment=dtu_cpu"])
+    run = build(cfg)
+    assert isinstance(run.field.background_net.encoder, HashGridEncoder)
+    table = run.field.background_net.encoder.embeddings
+    assert any(p is table for p in run.field.param_groups()["encoder"])

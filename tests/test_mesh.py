@@ -51,6 +51,51 @@ def test_mesh_picture_frames_an_off_centre_scaled_object(tmp_path):
         assert len(np.unique(img[rows, cols + k * 128, 0])) > 10  # shaded, not flat
 
 
+def test_mesh_picture_covers_large_triangles_without_holes():
+    """Triangles many pixels wide (a coarse sphere, drawn large) are drawn whole: inside the
+    silhouette no pixel is white (the background) and none shows the far side, which would be
+    shaded darker than its front neighbours."""
+    import trimesh
+
+    from neurecon.geometry.picture import render_mesh_view
+
+    mesh = trimesh.creation.icosphere(subdivisions=1, radius=2.0)  # 80 faces
+    img = render_mesh_view(mesh, 30.0, 20.0, size=256).astype(float)
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    disc = np.hypot(yy, xx) < 0.85 * 0.47 * 256 * np.cos(np.pi / 5)  # inside the polyhedron
+    assert (img[disc] < 250).any(-1).all()
+    lum = img.mean(-1)
+    # A hole showing the far side is a pixel much darker than the median of its 3×3 block.
+    from scipy.ndimage import median_filter
+
+    assert (lum - median_filter(lum, size=3))[disc].min() > -40
+
+
+def test_pictures_of_a_capture_are_upright_and_seen_from_its_cameras():
+    """A real scan's world frame has no up: ``frame_from_cameras`` takes the cameras' mean up
+    and the side they stand on, in any frame (here a rotated one)."""
+    from scipy.spatial.transform import Rotation
+
+    from neurecon.data.cameras import look_at
+    from neurecon.geometry.picture import frame_from_cameras
+
+    R = Rotation.from_euler("xyz", [40, -70, 15], degrees=True).as_matrix()
+    centre = np.array([3.0, -2.0, 5.0])
+    az = np.radians(np.linspace(-60, 60, 9))  # an arc in front (+x), 30° above
+    eyes = np.stack([np.cos(az), np.sin(az), np.full_like(az, 0.6)], 1) * 4.0
+    c2w = np.stack([look_at(e, np.zeros(3)) for e in eyes])[:, :3]  # z up, OpenCV axes
+    c2w[:, :, :3] = R @ c2w[:, :, :3]
+    c2w[:, :, 3] = c2w[:, :, 3] @ R.T + centre
+    up, front = frame_from_cameras(c2w, centre)
+    # Upright and from the cameras' side (their mean up leans with their pitch, here ~30°).
+    assert up @ R @ [0, 0, 1] > np.cos(np.radians(35)) and abs(up @ front) < 1e-9
+    assert front @ R @ [1, 0, 0] > np.cos(np.radians(35))
+    ring = [look_at(4 * np.array([np.cos(a), np.sin(a), 0.0]), np.zeros(3)) for a in az * 3]
+    up, front = frame_from_cameras(np.stack(ring)[:, :3])  # all round: any front across up
+    assert np.allclose(up, [0, 0, 1]) and abs(up @ front) < 1e-9
+    assert np.isclose(np.linalg.norm(front), 1.0)
+
+
 def test_the_sphere_clip_leaves_no_cap_behind():
     """A field still negative at the unit sphere (a slab under the object, as an unmasked
     table, or space no camera constrains) is clipped there; the clip's own faces are dropped,

@@ -144,6 +144,30 @@ def environment(d: Tensor) -> Tensor:
     return (base + bands).clamp(0, 1)
 
 
+ROOM_TABLE_Z, ROOM_WALL_Y = -1.05, 1.1  # just outside the unit sphere, as DTU's table and wall
+
+
+def room_color(o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """Colour (B, 3) and hit mask (B,) of rays (normalised frame) on a textured table (the
+    plane z = -1.05, a chequered wood) and wall (y = 1.1, window-like stripes): a near,
+    detailed background like DTU's, for unmasked training."""
+    inf = torch.full_like(d[:, 0], float("inf"))
+    t_table = torch.where(d[:, 2] < -1e-6, (ROOM_TABLE_Z - o[:, 2]) / d[:, 2], inf)
+    t_wall = torch.where(d[:, 1] > 1e-6, (ROOM_WALL_Y - o[:, 1]) / d[:, 1], inf)
+    t_table, t_wall = t_table.clamp_min(0).where(t_table > 0, inf), t_wall.where(t_wall > 0, inf)
+    on_table = t_table < t_wall
+    t = torch.minimum(t_table, t_wall)
+    x = o + d * t.clamp_max(1e3)[:, None]
+    check = torch.sign(torch.sin(9.0 * x[:, 0]) * torch.sin(9.0 * x[:, 1]))  # table squares
+    grain = 0.08 * torch.sin(40.0 * x[:, 0] + 3.0 * torch.sin(5.0 * x[:, 1]))
+    wood = torch.tensor([0.55, 0.38, 0.22]) + (0.12 * check + grain)[:, None]
+    stripes = torch.sign(torch.sin(7.0 * x[:, 0] + 0.5)) * 0.5 + 0.5  # window bars
+    band = 0.5 + 0.5 * torch.sin(3.0 * x[:, 2])
+    wall = torch.tensor([0.75, 0.78, 0.8]) - 0.35 * (stripes * band)[:, None]
+    rgb = torch.where(on_table[:, None], wood, wall)
+    return rgb.clamp(0, 1), torch.isfinite(t)
+
+
 TEXTURES: dict[str, Callable[[Tensor], Tensor]] = {"smooth": albedo, "noise": noise_albedo}
 
 
@@ -196,6 +220,10 @@ class SyntheticScene(Scene):
         env_background: show a procedural environment (a function of the ray direction, i.e.
             infinitely far away) instead of the constant ``background_color`` — for testing unmasked
             training with a background model.
+        room: a textured table and wall just outside the unit sphere (:func:`room_color`), seen
+            by cameras on a 140° arc at 25° elevation in front of the wall (as DTU's are):
+            a near, detailed background that unmasked training must keep out of the object.
+            Rays that miss both show the environment (or ``background_color``).
         image_sizes: null = every view ``resolution``²; else a list of ``[H, W]`` that the views
             cycle through (mixed portrait / landscape captures), each with the focal length
             that gives ``fov_deg`` across its width.
@@ -219,6 +247,7 @@ class SyntheticScene(Scene):
         orbit_elevation_deg: float | None = None,
         env_background: bool = False,
         image_sizes: Sequence[Sequence[int]] | None = None,
+        room: bool = False,
     ) -> None:
         if texture not in TEXTURES:
             raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
@@ -237,10 +266,14 @@ class SyntheticScene(Scene):
         z = 1 - 2 * i / num_views
         phi = math.pi * (1 + 5**0.5) * i
         dirs = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], 1)
+        if room:  # in front of the wall (y < 0), above the table
+            orbit_elevation_deg = 25.0 if orbit_elevation_deg is None else orbit_elevation_deg
         if orbit_elevation_deg is not None:
-            el, az = (
-                math.radians(orbit_elevation_deg),
-                np.linspace(0, 2 * math.pi, num_views + 1)[:-1],
+            el = math.radians(orbit_elevation_deg)
+            az = (
+                np.linspace(math.radians(-160), math.radians(-20), num_views)
+                if room
+                else np.linspace(0, 2 * math.pi, num_views + 1)[:-1]
             )
             dirs = np.stack(
                 [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.full_like(az, math.sin(el))],
@@ -267,7 +300,7 @@ class SyntheticScene(Scene):
 
         light = torch.tensor(light_dir, dtype=torch.float32)
         bg = torch.tensor(background_color, dtype=torch.float32)
-        self.env_background = env_background
+        self.env_background, self.room = env_background, room
         self.light, self.bg = light / light.norm(), bg
         images, masks = self._render(K_n, c2w_n, sizes)
         gt = self._surface_points(num_gt_points, seed) @ to_world[:3, :3].T + to_world[:3, 3]
@@ -298,6 +331,9 @@ class SyntheticScene(Scene):
         x, hit = sphere_trace(self.sdf, o, d)
         rgb = self.surface_color(x)
         back = environment(d) if self.env_background else self.bg.expand_as(rgb)
+        if self.room:
+            room, on_room = room_color(o, d)
+            back = torch.where(on_room[:, None], room, back)
         return torch.where(hit[:, None], rgb, back), hit
 
     def _render(

@@ -163,6 +163,8 @@ class HashGridEncoder(nn.Module):
         # forward, and reading the buffer on CUDA would synchronise each time.
         self._active = start
         self._cells = [2.0 * bound / max(sc, 1.0) for sc in scales]
+        self._n_dense = sum(dense)  # a prefix: a level is dense while its grid fits the table
+        assert all(dense[: self._n_dense]) and not any(dense[self._n_dense :])
         self.config = {
             "otype": "HashGrid",
             "n_levels": n_levels,
@@ -237,7 +239,7 @@ class HashGridEncoder(nn.Module):
         i64 = torch.int64
         return Levels(
             self.scale, self.res.to(i64), self.sizes.to(i64), self.offsets.to(i64),
-            self.dense.to(i64), self.n_features,
+            self.dense.to(i64), self.n_features, self._n_dense,
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:

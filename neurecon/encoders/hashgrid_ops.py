@@ -41,6 +41,7 @@ class Levels:
     offset: Tensor  # int64: first entry in the shared table
     dense: Tensor  # int64: 1 where the level is indexed densely
     n_features: int
+    n_dense: int  # how many levels, the coarsest, are dense (their table holds the grid)
 
 
 class Corners(Protocol):
@@ -74,14 +75,19 @@ class TorchCorners:
         frac = pos - base
         corner = base.long()[..., None] + torch.tensor([0, 1], device=u.device)  # (L, N, 3, 2)
         cx, cy, cz = corner.unbind(2)  # (L, N, 2) each: per axis, the two grid lines
-        r = lv.res[:, None, None]
-        dense = cx[..., :, None, None] + (cy * r)[..., None, :, None]
-        dense = dense + (cz * r * r)[..., None, None, :]  # (L, N, 2, 2, 2)
-        m = 0xFFFFFFFF  # tiny-cuda-nn hashes in uint32 arithmetic
-        hx, hy, hz = cx * PRIMES[0] & m, cy * PRIMES[1] & m, cz * PRIMES[2] & m
+        nd = lv.n_dense  # levels [0, nd) are indexed densely, the finer ones hashed
+        r = lv.res[:nd, None, None]
+        dense = cx[:nd, :, :, None, None] + (cy[:nd] * r)[..., None, :, None]
+        dense = dense + (cz[:nd] * r * r)[..., None, None, :]  # (nd, N, 2, 2, 2)
+        # tiny-cuda-nn wraps dense indices too: the upper corner of a point at u = 1 is one
+        # past the grid.
+        dense = dense % lv.size[:nd].view(-1, 1, 1, 1, 1)
+        # The hash is uint32 arithmetic in tiny-cuda-nn; hashed tables are powers of two, and
+        # the mask keeps only low bits, which int64 products share with uint32 ones.
+        hx, hy, hz = cx[nd:] * PRIMES[0], cy[nd:] * PRIMES[1], cz[nd:] * PRIMES[2]
         hashed = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
-        idx = torch.where(lv.dense.bool()[:, None, None, None, None], dense, hashed)
-        idx = idx % lv.size.view(L, 1, 1, 1, 1) + lv.offset.view(L, 1, 1, 1, 1)
+        hashed = hashed & (lv.size[nd:] - 1).view(-1, 1, 1, 1, 1)
+        idx = torch.cat([dense, hashed]) + lv.offset.view(L, 1, 1, 1, 1)
         self.idx = idx.reshape(-1)
         self.axes = torch.stack([1 - frac, frac], -1).unbind(2)  # 3 × (L, N, 2)
         self.scale = lv.scale

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MESH_FORMATS = ("ply", "obj", "glb")
 
 
-def _scale_rotation(to_world: np.ndarray) -> tuple[float, np.ndarray]:
+def scale_rotation(to_world: np.ndarray) -> tuple[float, np.ndarray]:
     """The uniform scale and the rotation of a similarity ``to_world`` (4, 4)."""
     scale = float(np.cbrt(abs(np.linalg.det(to_world[:3, :3]))))
     return scale, to_world[:3, :3] / scale
@@ -54,7 +54,7 @@ def vertex_colors(
     """(V, 4) uint8 RGBA: the field's colour at each vertex of the world-frame ``mesh``, seen
     along the inverse vertex normal (see the module docstring)."""
     field.eval()
-    scale, rot = _scale_rotation(scene.to_world)
+    scale, rot = scale_rotation(scene.to_world)
     x = (np.asarray(mesh.vertices) - scene.to_world[:3, 3]) @ rot / scale  # → normalised frame
     d = -np.asarray(mesh.vertex_normals) @ rot
     out = np.empty((len(x), 3), np.float32)
@@ -142,7 +142,7 @@ def depth_normal_maps(
     """Per view: ``depth/view_XXX.npy`` (H, W) float32, the distance along each pixel's ray to
     the surface in WORLD units (NaN where the render's opacity is below 0.5), and
     ``normal/view_XXX.png``, world-frame normals as ``(n + 1) / 2`` RGB (white: no surface)."""
-    scale, rot = _scale_rotation(scene.to_world)
+    scale, rot = scale_rotation(scene.to_world)
     written = []
     for v in tqdm(views, disable=not settings.progress, desc="depth/normal maps", leave=False):
         img, settings.chunk = render_view(
@@ -223,7 +223,7 @@ def turntable_video(
     K = scene.K[v0].double().numpy().copy()
     K[0] *= W / W0
     K[1] *= H / H0
-    rot = _scale_rotation(scene.to_world)[1]
+    rot = scale_rotation(scene.to_world)[1]
     out = []
     for c2w in tqdm(turntable_cameras(scene, frames), disable=not settings.progress, desc="video"):
         img, settings.chunk = render_camera(

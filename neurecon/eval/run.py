@@ -9,18 +9,32 @@ from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
+import trimesh
 from torch import nn
 
 from neurecon.data.scene import Scene
-from neurecon.eval.export import turntable_video
+from neurecon.eval.export import scale_rotation, turntable_video
 from neurecon.eval.mesh import mesh_metrics
 from neurecon.eval.settings import EvalSettings
 from neurecon.eval.summary import run_summary
 from neurecon.eval.views import score_views
-from neurecon.geometry.picture import mesh_picture
+from neurecon.geometry.picture import frame_from_cameras, mesh_picture
 from neurecon.io import write_json
 
 log = logging.getLogger(__name__)
+# mesh.png: the side the cameras saw, then 60° to either side, a little from above.
+CAPTURE_VIEWS = ((0.0, 20.0), (60.0, 20.0), (-60.0, 20.0))
+
+
+def _capture_frame(scene: Scene, mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """(up, front) of the world-frame mesh's pictures from the scene's cameras, so that a real
+    scan is drawn upright from the side it was captured (its world frame has no up)."""
+    scale, rot = scale_rotation(scene.to_world)
+    c2w = scene.c2w.double().numpy()[:, :3]
+    axes = rot @ c2w[:, :, :3]  # world-frame camera axes
+    centres = c2w[:, :, 3] @ (scale * rot).T + scene.to_world[:3, 3]
+    v = np.asarray(mesh.vertices)
+    return frame_from_cameras(np.concatenate([axes, centres[..., None]], -1), v.mean(0))
 
 
 def evaluate_run(
@@ -53,7 +67,8 @@ def evaluate_run(
     mres, mesh = mesh_metrics(scene, field, out, settings)
     metrics.update(mres)
     if mesh is not None and len(mesh.vertices):
-        picture = mesh_picture(mesh, out / "mesh.png")  # three views, framed on the object
+        up, front = _capture_frame(scene, mesh)
+        picture = mesh_picture(mesh, out / "mesh.png", CAPTURE_VIEWS, up=up, front=front)
         metrics["mesh_picture"] = picture.name
         if logger is not None:
             colors = mesh.visual.vertex_colors if mesh.visual.kind == "vertex" else None
