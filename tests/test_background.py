@@ -113,32 +113,3 @@ def test_unmasked_training_leaves_a_near_textured_room_to_the_background(tmp_pat
     assert x[:, 2].min() > -0.8 and x[:, 1].max() < 0.8  # the table: z = -1.05, the wall: y = 1.1
     assert r.max() < 0.9 and metrics["chamfer/relative"] < 0.2
     assert metrics["test/psnr"] > 14.0  # the room, by the background field
-
-
-def test_a_hash_grid_background_encodes_contracted_space_and_trains_with_the_encoders():
-    """``field.background_net.encoder``: mip-NeRF 360's contraction maps the outside of the unit
-    sphere into the shell 1 <= |c| < 2 (radially monotonic, the sphere fixed), the hash grid
-    encodes it, and its table trains in the ``encoder`` group (the hash tables' lr)."""
-    from neurecon.encoders import HashGridEncoder
-    from neurecon.fields.background import contract
-
-    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
-    radii = torch.tensor([1.0, 1.5, 4.0, 1e6])
-    c = contract(d[:, None] * radii[None, :, None])  # (64, 4, 3)
-    norms = c.norm(dim=-1)
-    assert torch.allclose(norms[:, 0], torch.ones(64), atol=1e-6)
-    assert (norms[:, 1:] > norms[:, :-1]).all() and (norms < 2.0).all()
-    assert (norms[:, -1] > 1.99).all()
-    assert torch.allclose(torch.nn.functional.normalize(c, dim=-1), d[:, None].expand_as(c))
-
-    enc = HashGridEncoder(bound=2.0, n_levels=4, log2_table_size=10, max_resolution=64,
-                          include_input=False, backend="torch")  # fmt: skip
-    bg = BackgroundField(hidden_dim=16, n_layers=1, feature_dim=8, encoder=enc)
-    out = bg(d * 3.0, d)
-    (out.density.sum() + out.color.sum()).backward()
-    assert enc.embeddings.grad.abs().sum() > 0
-    cfg = compose_cfg([*TINY, "trainer.use_mask=false", "experiment=dtu_cpu"])
-    run = build(cfg)
-    assert isinstance(run.field.background_net.encoder, HashGridEncoder)
-    table = run.field.background_net.encoder.embeddings
-    assert any(p is table for p in run.field.param_groups()["encoder"])

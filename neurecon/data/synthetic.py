@@ -154,7 +154,7 @@ def room_color(o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     inf = torch.full_like(d[:, 0], float("inf"))
     t_table = torch.where(d[:, 2] < -1e-6, (ROOM_TABLE_Z - o[:, 2]) / d[:, 2], inf)
     t_wall = torch.where(d[:, 1] > 1e-6, (ROOM_WALL_Y - o[:, 1]) / d[:, 1], inf)
-    t_table, t_wall = t_table.clamp_min(0).where(t_table > 0, inf), t_wall.where(t_wall > 0, inf)
+    t_table, t_wall = t_table.where(t_table > 0, inf), t_wall.where(t_wall > 0, inf)  # ahead
     on_table = t_table < t_wall
     t = torch.minimum(t_table, t_wall)
     x = o + d * t.clamp_max(1e3)[:, None]

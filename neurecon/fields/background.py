@@ -10,22 +10,9 @@ from neurecon.fields.base import DensityOutput
 from neurecon.fields.mlp import TruncExp, mlp
 
 
-def contract(x: Tensor) -> Tensor:
-    """mip-NeRF 360's contraction of points outside the unit sphere: ``(2 - 1/r) x / r``, so
-    all of space maps into the ball of radius 2 and the near outside keeps its detail.
-    Shapes: (N, 3) → (N, 3)."""
-    r = x.norm(dim=-1, keepdim=True).clamp_min(1.0)
-    return (2.0 - 1.0 / r) * x / r
-
-
 class BackgroundField(nn.Module):
-    """Density + colour for points with ``|x| >= 1``.
-
-    By default the points are seen as ``(x/|x|, 1/|x|)`` (NeRF++'s inverted sphere, as NeuS) and
-    encoded by frequencies: a small network for a far, smooth background. A near, detailed one
-    (DTU's table and wall) needs as much capacity as the object, or the object's field takes
-    it on at the sphere: ``encoder`` (e.g. a hash grid with ``bound: 2``) then encodes the
-    contracted points (:func:`contract`), as instant-nsr-pl's learned background does.
+    """Density + colour for points with ``|x| >= 1``, seen as ``(x/|x|, 1/|x|)`` (bounded), so
+    the unbounded outside fits a small network and never competes with the object's surface.
 
     Shapes: x (N, 3) with |x| >= 1, d (N, 3) → density (N,), colour (N, 3).
     """
@@ -39,11 +26,9 @@ class BackgroundField(nn.Module):
         n_layers: int = 3,
         feature_dim: int = 32,
         dir_degree: int = 4,
-        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.contracted = encoder is not None
-        self.encoder = encoder if encoder is not None else FrequencyEncoder(4, n_freqs)
+        self.encoder = FrequencyEncoder(4, n_freqs)
         self.dir_encoder = SphericalHarmonicsEncoder(3, dir_degree)
         self.density_net = mlp(
             self.encoder.out_dim, hidden_dim, n_layers, 1 + feature_dim, nn.ReLU()
@@ -52,10 +37,7 @@ class BackgroundField(nn.Module):
         self.act = TruncExp()
 
     def forward(self, x: Tensor, d: Tensor) -> DensityOutput:
-        if self.contracted:
-            h = self.density_net(self.encoder(contract(x)))
-        else:
-            r = x.norm(dim=-1, keepdim=True).clamp_min(1.0)
-            h = self.density_net(self.encoder(torch.cat([x / r, 1.0 / r], dim=-1)))
+        r = x.norm(dim=-1, keepdim=True).clamp_min(1.0)
+        h = self.density_net(self.encoder(torch.cat([x / r, 1.0 / r], dim=-1)))
         color = self.color_net(torch.cat([h[:, 1:], self.dir_encoder(d)], dim=-1)).sigmoid()
         return DensityOutput(density=self.act(h[:, 0] - 1.0), color=color)

@@ -39,15 +39,14 @@ class Field(Protocol):
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters by group: ``variance`` (NeuS ``inv_s``), ``encoder`` (the field's
-    and its background's: hash tables want their own lr), ``network``."""
+    """Trainable parameters by group: ``variance`` (NeuS ``inv_s``), ``encoder``, ``network``."""
     groups: dict[str, list[nn.Parameter]] = {"variance": [], "encoder": [], "network": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name == "variance":
             groups["variance"].append(p)
-        elif name.startswith(("encoder.", "background_net.encoder.")):
+        elif name.startswith("encoder."):
             groups["encoder"].append(p)
         else:
             groups["network"].append(p)

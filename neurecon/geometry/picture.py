@@ -2,11 +2,12 @@
 
 The mesh is projected orthographically from three directions around its own bounding sphere
 (so the object is framed whatever its world position and scale). Every triangle is covered by
-points, as many as a few per pixel of its projected area, with normals and colours
-interpolated from its vertices; the points nearest to the viewer are kept (a z-buffer) and
-shaded by their normals, and a one-pixel dilation closes what gaps remain. A closed picture
-of a million-triangle mesh takes about a second, with numpy alone (splatting the vertices
-alone left a dotted picture wherever triangles are larger than pixels).
+points on a barycentric grid at most a pixel apart, with normals and colours interpolated from
+its vertices; each point is splatted on the 2×2 pixels around it, the points nearest to the
+viewer are kept (a z-buffer) and shaded by their normals. No pixel of a triangle is left
+uncovered, so neither the background nor the far side shows through. A 330k-triangle DTU mesh
+takes about 2.5 s on 2 CPU cores, with numpy alone (splatting the vertices alone left a
+dotted picture wherever triangles are larger than pixels).
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def _cover(
             if values is not None:
                 v = np.einsum("pk,fk...->fp...", bary, values[sel])  # (Fk, P, ...)
                 out.append(v.reshape(-1, *values.shape[1:]))
+    if not parts[0]:  # nothing drawable (no faces, or all behind the camera)
+        none = np.zeros((0, 3))
+        return np.zeros((0, 2)), np.zeros(0), none, None if colors is None else none
     cat = [np.concatenate(p) if p else None for p in parts]
     return cat[0], cat[1], cat[2], cat[3]
 
@@ -173,8 +177,8 @@ def _splat(
     positions, depth (N,), normals (N, 3), colors (N, 3) in [0, 1] or None (a light grey),
     B (3, 3) rows right / down / view direction → (H, W, 3) uint8.
 
-    A point covers the four pixels whose centres are nearest, so a surface covered by a few
-    points per pixel leaves no pixel to the surface behind it.
+    A point covers the four pixels whose centres are nearest, so a surface covered by points
+    at most a pixel apart (:func:`_cover`) leaves no pixel to the surface behind it.
     """
     light = -B[2] + 0.5 * B[0] - 0.7 * B[1]  # from the viewer, a little right and above
     light /= np.linalg.norm(light)
