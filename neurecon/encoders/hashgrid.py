@@ -228,11 +228,9 @@ class HashGridEncoder(nn.Module):
         """(N, 3) in [0, 1] → (N, L·F), tiny-cuda-nn's HashGrid in tensor ops, differentiated by
         autograd op by op: the reference the faster backends are tested against, and what
         ``torch.compile`` traces (it cannot trace the hand-written autograd of ``hashgrid_ops``)."""
-        L, N = self.n_levels, u.shape[0]
-        if N == 0:  # e.g. no ray met an occupied cell: view() cannot infer a size from nothing
-            return u.new_zeros(0, L * self.n_features) + 0 * self.embeddings.sum()
         c = TorchCorners(u, self.levels(), track_input=True)
-        return torch.einsum("lnc,lncf->nlf", c.w, c.gather(self.embeddings)).reshape(N, -1)
+        out = torch.einsum("lnc,lncf->nlf", c.w, c.gather(self.embeddings))
+        return out.reshape(u.shape[0], self.n_levels * self.n_features)  # also for no point
 
     def levels(self) -> Levels:
         """Per-level constants for the encoding's primitives (on the encoder's device)."""
@@ -250,7 +248,7 @@ class HashGridEncoder(nn.Module):
             out = self.tcnn(u).float()
         elif self.backend == "triton" and (u.is_cuda or interpreting()):
             out = hash_encode(u, self.embeddings, self.levels())
-        elif torch.compiler.is_compiling() or u.shape[0] == 0:  # see _encode_torch
+        elif torch.compiler.is_compiling():  # see _encode_torch
             out = self._encode_torch(u)
         else:  # torch; or triton's table on a CPU without the interpreter
             c = TorchCorners(u, self.levels())

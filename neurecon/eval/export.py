@@ -28,7 +28,7 @@ from neurecon.eval.settings import EvalSettings
 from neurecon.eval.views import render_camera, render_view
 from neurecon.geometry import extract_mesh
 from neurecon.geometry.clean import keep_largest, seen_faces, submesh
-from neurecon.geometry.picture import render_mesh_camera
+from neurecon.geometry.picture import frame_from_cameras, render_mesh_camera
 from neurecon.io import atomic_write
 from neurecon.memory import retry_on_oom
 from neurecon.metrics.dtu import cull_by_masks
@@ -183,8 +183,7 @@ def turntable_cameras(scene: Scene, frames: int) -> list[np.ndarray]:
     up axis (the training cameras' mean "up"), at the first training camera's height and
     distance, looking at the origin."""
     c2w = scene.c2w.double().numpy()[scene.train_ids.numpy()]
-    up = -c2w[:, :3, 1].mean(0)
-    up /= max(np.linalg.norm(up), 1e-12)
+    up, _ = frame_from_cameras(c2w[:, :3])
     start = c2w[0, :3, 3]
     cams = []
     for k in range(frames):
