@@ -75,7 +75,7 @@ def postgres():
 def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
     args = [
         "sweep=lr_inv_s",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=1",
         "logger=none",
         f"hydra.sweeper.storage='{postgres.url}'",  # no password: libpq reads PGPASSWORD
         "hydra.sweeper.study_name=shared",
@@ -92,16 +92,16 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres):
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="shared", storage=postgres.full_url)
-    assert len(study.trials) == 4
+    assert len(study.trials) == 2
     assert all(t.state.name == "COMPLETE" for t in study.trials)
-    # Both workers contributed: each one's folder holds two finished trials.
+    # Both workers contributed: each one's folder holds its finished trial.
     for i in range(2):
-        assert len(list((tmp_path / f"worker{i}").glob("trial_*/metrics.json"))) == 2
+        assert len(list((tmp_path / f"worker{i}").glob("trial_*/metrics.json"))) == 1
     starts = sorted(t.datetime_start for t in study.trials)
     ends = sorted(t.datetime_complete for t in study.trials)
     assert starts[1] < ends[0]  # the workers really ran at the same time
     # Same command, same seed, at the same time: still no parameter set drawn twice.
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 2
 
 
 def _files_containing(root: Path, secret: str) -> list[Path]:
@@ -154,7 +154,7 @@ def test_storage_password_on_the_command_line_is_refused_redacted(tmp_path, post
 
 
 def test_parallel_workers_lose_and_repeat_nothing(tmp_path):
-    """3 sweeper processes append to one journal file at once: every trial is recorded once,
+    """2 sweeper processes append to one journal file at once: every trial is recorded once,
     with its own parameters. (A sweep resumed from its journal: test_sweeps.py.)"""
     journal = tmp_path / "shared.journal"
     args = [
@@ -167,16 +167,16 @@ def test_parallel_workers_lose_and_repeat_nothing(tmp_path):
         "trainer.mesh_resolution=0",
         "trainer.objective=test/psnr",
     ]
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(_sweep, tmp_path / f"w{i}", *args) for i in range(3)]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(_sweep, tmp_path / f"w{i}", *args) for i in range(2)]
         results = [f.result() for f in futures]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
     print("states:", Counter(t.state.name for t in trials))
-    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
-    assert sorted(t.number for t in trials) == [0, 1, 2]
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(t.number for t in trials) == [0, 1]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 2
 
 
 def test_joblib_launcher_runs_trials_in_parallel(tmp_path):

@@ -136,7 +136,7 @@ def _fit_sphere(tmp_path, *overrides):
         [
             *TINY,
             "dataset.shape=sphere",
-            "trainer.max_steps=300",
+            "trainer.max_steps=200",
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
             "trainer.loss.mask=0.5",
