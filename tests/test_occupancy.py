@@ -19,11 +19,13 @@ from test_render import R
 from torch import nn
 
 from neurecon.build import build
+from neurecon.data.cameras import sphere_near_far
 from neurecon.eval import render_view
 from neurecon.fields.nerf import DensityOutput
 from neurecon.fields.neus import SDFOutput
 from neurecon.metrics import psnr
 from neurecon.render import NeRFRenderer, NeuSRenderer, OccupancyGrid, occupancy
+from neurecon.render.common import SphereRenderer
 from neurecon.render.volrend import accumulate, packed_weights, render_weights_from_alpha
 from neurecon.train.callbacks import Callback
 
@@ -159,6 +161,42 @@ def test_grid_renderer_matches_dense_on_trained_field(trained_sphere):
     assert np.abs(a["opacity"] - b["opacity"]).mean() < 0.01
     gt = run.scene.image(view)
     assert psnr(np.clip(b["color"], 0, 1), gt) > 24.0  # and the field did learn the scene
+
+
+class _WobblySDF(OffCentreSphereSDF):
+    """Not monotone along rays: a ripple of ±0.03 over the sphere's SDF, so that rays meet
+    near-misses before and shells behind the surface."""
+
+    def sdf(self, x):
+        return super().sdf(x) + 0.03 * torch.sin(25 * x[:, 0]) * torch.cos(25 * x[:, 1])
+
+
+@pytest.mark.parametrize("field", [OffCentreSphereSDF(), _WobblySDF()], ids=["sphere", "wobbly"])
+def test_two_pass_visibility_keeps_exactly_the_full_tests_samples(field):
+    """NeuS's visibility test at validation: a first pass over every 4th sample drops a
+    suffix of each ray, then the full test runs on the rest; the kept samples are the full
+    test's own, with fewer SDF evaluations."""
+    renderer = NeuSRenderer(grid=OccupancyGrid(resolution=64, n_steps=1024)).eval()
+    renderer.ensure_grid(field)
+    o, d = _camera_rays(32)
+    near, far, hit = sphere_near_far(o, d)
+    o, d, near, far = o[hit], d[hit], near[hit], far[hit]
+    calls: list[int] = []
+    sdf = field.sdf
+    field.sdf = lambda x: (calls.append(len(x)), sdf(x))[1]
+    try:
+        with torch.no_grad():
+            ray, t0, t1 = renderer.grid.march(o, d, near, far, False)
+            x, dt, n = o[ray] + d[ray] * (0.5 * (t0 + t1))[:, None], t1 - t0, len(o)
+            full = SphereRenderer.visible(renderer, field, x, ray, dt, n)
+            n_full = sum(calls)
+            calls.clear()
+            two = renderer.visible(field, x, ray, dt, n)
+    finally:
+        del field.sdf
+    assert 0 < int(full.sum()) < 0.8 * len(full)  # the test drops samples here
+    assert torch.equal(two, full)
+    assert sum(calls) < 0.8 * n_full
 
 
 class _Record(Callback):

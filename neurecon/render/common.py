@@ -147,10 +147,15 @@ class SphereRenderer(nn.Module):
         ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
         mid = 0.5 * (t0 + t1)
         if not torch.is_grad_enabled() and self.grid.early_stop_eps > 0:
-            alpha = self.visibility_alpha(field, o[ray] + d[ray] * mid[:, None], ray, t1 - t0)
-            keep = packed_transmittance(alpha, ray, o.shape[0]) > self.grid.early_stop_eps
+            keep = self.visible(field, o[ray] + d[ray] * mid[:, None], ray, t1 - t0, o.shape[0])
             ray, t0, t1, mid = ray[keep], t0[keep], t1[keep], mid[keep]
         return ray, t0, t1, mid
+
+    def visible(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor, n_rays: int) -> Tensor:
+        """(N,) bool: the packed samples at ``x`` (N, 3) that the light still reaches, by
+        :meth:`visibility_alpha`'s transmittance above ``grid.early_stop_eps``."""
+        alpha = self.visibility_alpha(field, x, ray, dt)
+        return packed_transmittance(alpha, ray, n_rays) > self.grid.early_stop_eps
 
     def _eval_packed(self, field: nn.Module, x: Tensor, d: Tensor):
         """The field at packed samples: with a differentiable gradient when training, else in
