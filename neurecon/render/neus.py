@@ -50,7 +50,7 @@ class NeuSRenderer(SphereRenderer):
     field_kind = "sdf"
     name = "neus"
     grid_jitter = False  # cell centres + the distance bound below cover whole cells
-    visibility_stride = 4  # the first pass of :meth:`visible`: every 4th sample of a ray
+    visibility_stride = 4  # :meth:`visible` evaluates every 4th sample of a ray
 
     def __init__(
         self,
@@ -125,15 +125,15 @@ class NeuSRenderer(SphereRenderer):
         return torch.where(same, alpha, torch.zeros_like(sdf))
 
     def visible(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor, n_rays: int) -> Tensor:
-        """The base class's test, run only on the samples that a first pass over every
-        ``visibility_stride``-th sample of each ray leaves: the same samples, fewer SDF calls.
+        """The samples ahead of the point where the transmittance of every
+        ``visibility_stride``-th sample of each ray falls below ``early_stop_eps``: a quarter of
+        the SDF evaluations of the full test, and what is dropped weighs no more than it allows.
 
-        The first pass's transmittance bounds the full one from above: across the samples
-        between two kept ones, the product of ``1 − α = min(1, Φ(f_{i+1}) / (Φ(f_i) + 1e-5))``
-        is at most the same ratio taken from the ends (by induction along the samples). So a
-        sample whose first-pass transmittance is already below ``early_stop_eps`` (halved:
-        rounding) is dropped by the full test as well, and the dropped samples form a suffix of
-        each ray: what the full test sees of the rest is unchanged."""
+        That transmittance bounds the full one from above: across the samples between two
+        evaluated ones, the product of ``1 − α = min(1, Φ(f_{i+1}) / (Φ(f_i) + 1e-5))`` is at
+        most the same ratio taken from the ends (by induction along the samples). So every
+        dropped sample is one the full test drops too; the few more it keeps (up to a stride
+        behind the surface) weigh less than ``early_stop_eps`` together."""
         k = self.visibility_stride
         if k <= 1 or ray.numel() == 0:
             return super().visible(field, x, ray, dt, n_rays)
@@ -144,12 +144,8 @@ class NeuSRenderer(SphereRenderer):
         t_coarse = packed_transmittance(
             self.visibility_alpha(field, x[ic], ray[ic], dt[ic]), ray[ic], n_rays
         )
-        # Each sample's latest coarse sample (every ray's first sample is one).
-        ahead = t_coarse[torch.cumsum(coarse, 0) - 1] > 0.5 * self.grid.early_stop_eps
-        sub = ahead.nonzero().squeeze(1)
-        keep = torch.zeros_like(coarse)
-        keep[sub] = super().visible(field, x[sub], ray[sub], dt[sub], n_rays)
-        return keep
+        # Each sample's latest evaluated one (every ray's first sample is one).
+        return t_coarse[torch.cumsum(coarse, 0) - 1] > self.grid.early_stop_eps
 
     def _render_packed(self, field: nn.Module, o: Tensor, d: Tensor, near: Tensor, far: Tensor):
         """Samples in occupied cells only, composited per ray (packed layout)."""
