@@ -141,8 +141,8 @@ class SphereRenderer(nn.Module):
         """The grid's packed samples: ray indices, interval starts / ends, midpoints (N,).
 
         Without gradients (validation, test) the samples behind the surface — transmittance
-        below ``grid.early_stop_eps`` by :meth:`visibility_alpha` — are dropped before the
-        field is evaluated in full.
+        below ``grid.early_stop_eps``, by :meth:`visible` — are dropped before the field is
+        evaluated in full.
         """
         ray, t0, t1 = self.grid.march(o, d, near, far, self.perturb and self.training)
         mid = 0.5 * (t0 + t1)
