@@ -20,6 +20,7 @@ from neurecon.render.volrend import (
     neus_alpha,
     packed_transmittance,
     packed_weights,
+    ray_starts,
     render_weights_from_alpha,
     sample_pdf,
     stratified,
@@ -137,9 +138,8 @@ class NeuSRenderer(SphereRenderer):
         k = self.visibility_stride
         if k <= 1 or ray.numel() == 0:
             return super().visible(field, x, ray, dt, n_rays)
-        counts = torch.bincount(ray, minlength=n_rays)
-        first = torch.cumsum(counts, 0) - counts
-        coarse = (torch.arange(ray.numel(), device=ray.device) - first[ray]) % k == 0
+        rank = torch.arange(ray.numel(), device=ray.device) - ray_starts(ray, n_rays)[ray]
+        coarse = rank % k == 0
         ic = coarse.nonzero().squeeze(1)
         t_coarse = packed_transmittance(
             self.visibility_alpha(field, x[ic], ray[ic], dt[ic]), ray[ic], n_rays

@@ -32,6 +32,13 @@ def render_weights_from_alpha(alpha: Tensor) -> Tensor:
     return alpha * trans
 
 
+def ray_starts(ray: Tensor, n_rays: int) -> Tensor:
+    """(B,) the index of each ray's first packed sample, for ``ray`` (N,) long sorted by ray
+    (a ray without samples gets the next ray's start)."""
+    counts = torch.bincount(ray, minlength=n_rays)
+    return torch.cumsum(counts, 0) - counts
+
+
 def packed_transmittance(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
     """Exclusive transmittance ``Π_{j<i} (1 − α_j)`` of packed samples (sorted by ray).
 
@@ -43,9 +50,7 @@ def packed_transmittance(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
         return alpha
     log_t = torch.log1p(-alpha.double().clamp(max=1.0 - 1e-7))
     excl = torch.cumsum(log_t, 0) - log_t
-    counts = torch.bincount(ray, minlength=n_rays)
-    first = torch.cumsum(counts, 0) - counts  # index of each ray's first sample
-    return torch.exp(excl - excl[first[ray]]).to(alpha.dtype)
+    return torch.exp(excl - excl[ray_starts(ray, n_rays)[ray]]).to(alpha.dtype)
 
 
 def packed_weights(alpha: Tensor, ray: Tensor, n_rays: int) -> Tensor:
