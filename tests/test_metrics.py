@@ -1,8 +1,12 @@
+import sys
+
 import numpy as np
+import pytest
+import trimesh
 from scipy.spatial.distance import cdist
 from skimage.metrics import peak_signal_noise_ratio
 
-from neurecon.metrics import chamfer, psnr, ssim
+from neurecon.metrics import chamfer, mesh_chamfer, point_mesh_distance, psnr, ssim
 
 
 def test_psnr_matches_skimage_and_masks():
@@ -38,3 +42,40 @@ def test_chamfer_matches_brute_force():
     assert np.isclose(res["mean"], 0.5 * (d.min(1).mean() + d.min(0).mean()))
     p, r = (d.min(1) < 0.1).mean(), (d.min(0) < 0.1).mean()
     assert np.isclose(res["fscore"], 2 * p * r / (p + r))
+
+
+@pytest.mark.parametrize("backend", ["igl", "trimesh"])
+def test_point_mesh_distance_is_exact(backend, monkeypatch):
+    """Distances to a box's triangles match the analytic distance to the box surface, with
+    libigl and with the trimesh fallback."""
+    if backend == "trimesh":
+        pytest.importorskip("rtree")
+        monkeypatch.setitem(sys.modules, "igl", None)  # import igl now raises ImportError
+    h = np.array([0.5, 0.3, 0.2])
+    box = trimesh.creation.box(extents=2 * h)
+    p = np.random.default_rng(3).uniform(-1, 1, (2000, 3))
+    q = np.abs(p) - h
+    exact = np.linalg.norm(np.maximum(q, 0), axis=1) + np.abs(np.minimum(q.max(1), 0))
+    assert np.allclose(point_mesh_distance(p, box), exact, atol=1e-9)
+
+
+def test_mesh_chamfer_measures_geometry_not_sample_spacing():
+    """A sphere reconstructed 1 % too large scores 1 % of its radius, and a near-perfect one
+    scores almost nothing — unlike point-to-point Chamfer at the same sample counts, whose
+    floor (the samples' spacing) is larger than the error it should measure."""
+    rng = np.random.default_rng(4)
+    gt_pts = rng.normal(size=(20000, 3))
+    gt_pts /= np.linalg.norm(gt_pts, axis=1, keepdims=True)  # exact, uniform on the unit sphere
+    gt_mesh = trimesh.creation.icosphere(subdivisions=6)  # its triangles stray < 0.01 %
+    fine = trimesh.creation.icosphere(subdivisions=5)
+    perfect = mesh_chamfer(fine, gt_pts, 0.01, n=20000, gt_mesh=gt_mesh)
+    points_only = chamfer(fine.sample(20000, seed=0), gt_pts, 0.01)
+    assert perfect["mean"] < 0.0005 < 0.005 < points_only["mean"]
+    big = fine.copy()
+    big.vertices *= 1.01
+    cd = mesh_chamfer(big, gt_pts, 0.005, n=20000, gt_mesh=gt_mesh)
+    assert abs(cd["accuracy"] - 0.01) < 5e-4 and abs(cd["completeness"] - 0.01) < 5e-4
+    assert cd["fscore"] == 0.0  # every distance is above the 0.5 % threshold
+    # Without the ground-truth mesh, accuracy falls back to the nearest ground-truth point.
+    no_mesh = mesh_chamfer(big, gt_pts, 0.005, n=20000)
+    assert no_mesh["accuracy"] > cd["accuracy"] and no_mesh["completeness"] == cd["completeness"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import trimesh
 from torch import Tensor
 
 from neurecon.data.cameras import pixel_rays
@@ -52,10 +53,14 @@ class Scene:
         train_ids / test_ids: view indices.
         background_color: (3,) colour the images show where the mask is 0 (used for masked scenes).
         gt_points: (N, 3) float64 ground-truth surface points in WORLD coordinates, or None.
+        gt_mesh: the exact ground-truth surface as a mesh in WORLD coordinates, or None (a scene
+            with only points). Chamfer measures distances to it, not to points.
 
     Args:
         images: (V, H, W, 3) uint8, or a sequence of V (H_i, W_i, 3) uint8 arrays.
         masks / valid: (V, H, W) or per-view (H_i, W_i) arrays (uint8 masks, bool validity).
+        ground_truth: a function returning ``(gt_points, gt_mesh)``, called on first use of
+            either (making them costs seconds that runs which never mesh should not pay).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class Scene:
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
         gt_points: np.ndarray | None = None,
         name: str = "scene",
+        ground_truth: Callable[[], tuple[np.ndarray, trimesh.Trimesh | None]] | None = None,
         valid: np.ndarray | Sequence[np.ndarray | None] | None = None,
     ) -> None:
         imgs = _as_list(images)
@@ -122,7 +128,26 @@ class Scene:
         self.train_ids = torch.as_tensor(list(train_ids), dtype=torch.long)
         self.test_ids = torch.as_tensor(list(test_ids), dtype=torch.long)
         self.background_color = torch.as_tensor(background_color, dtype=torch.float32)
-        self.gt_points = gt_points
+        self._gt_points, self._gt_mesh = gt_points, None
+        self._ground_truth = ground_truth
+
+    def _resolve_ground_truth(self) -> None:
+        if self._ground_truth is not None:
+            pts, self._gt_mesh = self._ground_truth()
+            self._gt_points = np.asarray(pts, dtype=np.float64)
+            self._ground_truth = None
+
+    @property
+    def gt_points(self) -> np.ndarray | None:
+        """(N, 3) float64 ground-truth surface points in world coordinates, or None."""
+        self._resolve_ground_truth()
+        return self._gt_points
+
+    @property
+    def gt_mesh(self) -> trimesh.Trimesh | None:
+        """The exact ground-truth surface in world coordinates, or None."""
+        self._resolve_ground_truth()
+        return self._gt_mesh
 
     @property
     def num_views(self) -> int:

@@ -15,7 +15,7 @@ from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, MeshExtractionError
 from neurecon.eval.export import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
-from neurecon.metrics import chamfer, sample_surface
+from neurecon.metrics import mesh_chamfer
 from neurecon.metrics.dtu import evaluate_dtu_mesh
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,10 @@ def mesh_metrics(
     if scene.gt_points is not None and len(mesh.faces):
         gt = scene.gt_points
         radius = float(np.linalg.norm(gt - gt.mean(0), axis=1).max())
-        pts = sample_surface(mesh, settings.chamfer_points, seed=settings.seed)
-        cd = chamfer(pts, gt, settings.chamfer_threshold * radius)
+        cd = mesh_chamfer(
+            mesh, gt, settings.chamfer_threshold * radius, n=settings.chamfer_points,
+            seed=settings.seed, gt_mesh=scene.gt_mesh,
+        )  # fmt: skip
         res.update({f"chamfer/{k}": v for k, v in cd.items()})
         res["chamfer/object_radius"] = radius
         res["chamfer/relative"] = cd["mean"] / radius
