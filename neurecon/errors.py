@@ -15,3 +15,7 @@ class DatasetError(NeuReconError, ValueError):
 
 class MeshExtractionError(NeuReconError):
     """The field has no surface to extract."""
+
+
+class MissingDependencyError(NeuReconError, ImportError):
+    """An optional package a feature needs is not installed; the message names it."""

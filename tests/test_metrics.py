@@ -6,6 +6,7 @@ import trimesh
 from scipy.spatial.distance import cdist
 from skimage.metrics import peak_signal_noise_ratio
 
+from neurecon.errors import MissingDependencyError
 from neurecon.metrics import chamfer, mesh_chamfer, point_mesh_distance, psnr, ssim
 
 
@@ -79,3 +80,11 @@ def test_mesh_chamfer_measures_geometry_not_sample_spacing():
     # Without the ground-truth mesh, accuracy falls back to the nearest ground-truth point.
     no_mesh = mesh_chamfer(big, gt_pts, 0.005, n=20000)
     assert no_mesh["accuracy"] > cd["accuracy"] and no_mesh["completeness"] == cd["completeness"]
+
+
+def test_point_mesh_distance_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "igl", None)
+    monkeypatch.setitem(sys.modules, "rtree", None)
+    monkeypatch.setitem(sys.modules, "rtree.index", None)
+    with pytest.raises(MissingDependencyError, match="pip install libigl"):
+        point_mesh_distance(np.zeros((3, 3)), trimesh.creation.box())

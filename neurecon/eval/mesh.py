@@ -12,7 +12,7 @@ import trimesh
 from torch import nn
 
 from neurecon.data.scene import Scene
-from neurecon.errors import ConfigError, MeshExtractionError
+from neurecon.errors import ConfigError, MeshExtractionError, MissingDependencyError
 from neurecon.eval.export import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
 from neurecon.metrics import mesh_chamfer
@@ -40,13 +40,18 @@ def mesh_metrics(
     if scene.gt_points is not None and len(mesh.faces):
         gt = scene.gt_points
         radius = float(np.linalg.norm(gt - gt.mean(0), axis=1).max())
-        cd = mesh_chamfer(
-            mesh, gt, settings.chamfer_threshold * radius, n=settings.chamfer_points,
-            seed=settings.seed, gt_mesh=scene.gt_mesh,
-        )  # fmt: skip
-        res.update({f"chamfer/{k}": v for k, v in cd.items()})
-        res["chamfer/object_radius"] = radius
-        res["chamfer/relative"] = cd["mean"] / radius
+        try:
+            cd = mesh_chamfer(
+                mesh, gt, settings.chamfer_threshold * radius, n=settings.chamfer_points,
+                seed=settings.seed, gt_mesh=scene.gt_mesh,
+            )  # fmt: skip
+        except MissingDependencyError as e:  # the mesh and the other metrics still count
+            log.error("Chamfer: %s", e)
+            res["chamfer_error"] = str(e)
+        else:
+            res.update({f"chamfer/{k}": v for k, v in cd.items()})
+            res["chamfer/object_radius"] = radius
+            res["chamfer/relative"] = cd["mean"] / radius
     if settings.metrics["dtu_gt_root"]:
         res.update(dtu_metrics(scene, mesh, settings.metrics))
     return res, mesh

@@ -13,6 +13,8 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
+from neurecon.errors import MissingDependencyError
+
 
 def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> np.ndarray:
     """(n, 3) points uniformly on the mesh surface (area-weighted), reproducible by ``seed``."""
@@ -26,8 +28,13 @@ def point_mesh_distance(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray
     needs ``rtree``)."""
     try:
         import igl
-    except ImportError:  # e.g. a machine that carried only the core wheels
-        _, d, _ = trimesh.proximity.closest_point(mesh, points)
+    except ImportError:  # e.g. a machine that carried only some wheels
+        try:
+            _, d, _ = trimesh.proximity.closest_point(mesh, points)
+        except ImportError as e:  # trimesh's triangle tree needs rtree
+            raise MissingDependencyError(
+                "point-to-mesh distances (Chamfer) need libigl or rtree: pip install libigl"
+            ) from e
         return np.asarray(d, dtype=np.float64)
     d2, _, _ = igl.point_mesh_squared_distance(
         np.ascontiguousarray(points, dtype=np.float64),
