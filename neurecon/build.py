@@ -60,9 +60,9 @@ def build(
     # field.background_model=auto: model what lies outside the unit sphere (NeRF++) exactly when
     # there are no masks to tell the object from its surroundings.
     extra: dict[str, Any] = {}
+    unmasked = scene.masks is None or cfg.trainer.get("use_mask", "auto") is False
     if "background_net" in cfg.field:
         mode = cfg.field.get("background_model", "auto")
-        unmasked = scene.masks is None or cfg.trainer.get("use_mask", "auto") is False
         wanted = mode == "nerfpp" or (mode == "auto" and unmasked)
         extra["background_net"] = (
             _instantiate(cfg.field.background_net, "field.background_net") if wanted else None
@@ -71,11 +71,14 @@ def build(
             log.info(
                 "background: NeRF++ field outside the unit sphere (field.background_model=%s)", mode
             )
+    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    if hasattr(optimizer, "resolve"):  # optimizer.lr_variance=auto: by whether masks are used
+        optimizer.resolve(masked=not unmasked)
     return Run(
         scene=scene,
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
-        optimizer=_instantiate(cfg.optimizer, "optimizer"),
+        optimizer=optimizer,
         trainer=_instantiate(
             cfg.trainer, "trainer", metrics=cfg.get("metrics"), **(trainer_overrides or {})
         )

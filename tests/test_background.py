@@ -72,6 +72,11 @@ def test_background_auto_follows_the_masks():
     )
     off = compose_cfg([*base, "trainer.use_mask=false", "field.background_model=none"])
     assert build(off).field.background_net is None
+    # optimizer.lr_variance=auto follows them too; a number is kept as given (sweeps set one).
+    assert build(compose_cfg(base)).optimizer.lr_variance == 1e-2
+    assert run.optimizer.lr_variance == 1e-3
+    given = build(compose_cfg([*base, "trainer.use_mask=false", "optimizer.lr_variance=5e-3"]))
+    assert given.optimizer.lr_variance == 5e-3
 
 
 def test_background_is_trained_and_checkpointed(tmp_path):

@@ -35,7 +35,13 @@ class OptimizerFactory:
         optimizer_class: the torch optimizer, a ``_target_`` node with ``_partial_: true``
             (``torch.optim.Adam`` by default); called as ``cls(groups, betas=, eps=,
             weight_decay=)``. No string switch: ``_target_`` is the only registry.
-        lr: base learning rate.  lr_variance: NeuS variance (``inv_s``) lr; null → ``lr``.
+        lr: base learning rate.  lr_variance: NeuS variance (``inv_s``) lr; null → ``lr``;
+            ``auto`` → ``lr_variance_auto``'s first value when the run uses masks, else its
+            second (resolved by :meth:`resolve`, which :func:`neurecon.build.build` calls).
+        lr_variance_auto: (with masks, without): a masked run can sharpen ``inv_s`` fast (the
+            mask pins the silhouette); without masks a fast rise freezes the first blob, the
+            table and wall included, into the surface (DTU scan65: a shell at 1e-2, the skull
+            at 1e-3, NeuS's own lr).
         lr_encoder: lr of the encoder's parameters (hash tables like a higher lr); null → ``lr``.
         warmup_steps, decay (cosine | exp | none), final_ratio: the schedule.
     """
@@ -44,7 +50,7 @@ class OptimizerFactory:
         self,
         optimizer_class: Callable[..., torch.optim.Optimizer] | None = None,
         lr: float = 5e-4,
-        lr_variance: float | None = None,
+        lr_variance: float | str | None = None,
         lr_encoder: float | None = None,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-15,
@@ -52,12 +58,25 @@ class OptimizerFactory:
         warmup_steps: int = 0,
         decay: str = "cosine",
         final_ratio: float = 0.05,
+        lr_variance_auto: Sequence[float] = (1e-2, 1e-3),
     ) -> None:
         if optimizer_class is not None and not callable(optimizer_class):
             raise ConfigError("optimizer.optimizer_class must be a _target_ node (_partial_: true)")
-        for key, val in (("lr", lr), ("lr_variance", lr_variance), ("lr_encoder", lr_encoder)):
-            if val is not None and not (math.isfinite(val) and val > 0):
-                raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val}")
+        if len(lr_variance_auto) != 2:
+            raise ConfigError("optimizer.lr_variance_auto must be [with masks, without masks]")
+        auto = lr_variance == "auto"
+        for key, val in (
+            ("lr", lr),
+            ("lr_variance", None if auto else lr_variance),
+            ("lr_encoder", lr_encoder),
+            ("lr_variance_auto[0]", lr_variance_auto[0]),
+            ("lr_variance_auto[1]", lr_variance_auto[1]),
+        ):
+            if val is not None and not (
+                isinstance(val, int | float) and math.isfinite(val) and val > 0
+            ):
+                raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val!r}")
+        self.lr_variance_auto = (float(lr_variance_auto[0]), float(lr_variance_auto[1]))
         if decay not in _DECAYS:
             raise ConfigError(f"optimizer.decay={decay!r}; choose from {list(_DECAYS)}")
         if not 0 < final_ratio <= 1 or warmup_steps < 0:
@@ -67,8 +86,15 @@ class OptimizerFactory:
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.warmup_steps, self.decay, self.final_ratio = warmup_steps, decay, final_ratio
 
+    def resolve(self, masked: bool) -> None:
+        """Settle ``lr_variance=auto`` for a run that trains with masks or without."""
+        if self.lr_variance == "auto":
+            self.lr_variance = self.lr_variance_auto[0 if masked else 1]
+
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The field's named parameter groups (``Field.param_groups``) with their lrs."""
+        if self.lr_variance == "auto":
+            raise ConfigError("optimizer.lr_variance=auto: call resolve(masked) first")
         groups = model.param_groups()
         lrs = {
             "variance": self.lr_variance or self.lr,
