@@ -134,10 +134,10 @@ def test_synthetic_scene_geometry_is_exact_and_placed_in_world(shape):
     # So does the ground-truth mesh's every vertex (world frame too), and the points lie on it.
     verts_n = s.gt_mesh.vertices @ inv[:3, :3].T + inv[:3, 3]
     assert np.abs(s.sdf(torch.tensor(verts_n, dtype=torch.float32)).numpy()).max() < 1e-4
-    # (its flat triangles cut the sharp rims a little: < 0.03 % of the radius on average)
+    # (its flat triangles cut the sharp rims a little: < 0.05 % of the radius on average)
     d = point_mesh_distance(s.gt_points, s.gt_mesh)
     radius = np.linalg.norm(s.gt_points - s.gt_points.mean(0), axis=1).max()
-    assert d.mean() < 3e-4 * radius and d.max() < 1e-2 * radius
+    assert d.mean() < 5e-4 * radius and d.max() < 1e-2 * radius
     # Off-centre, non-unit scale: the world points are far from the origin.
     assert np.linalg.norm(s.gt_points.mean(0)) > 1.0 and not np.isclose(s.to_world[0, 0], 1.0)
     assert 0.05 < (s.masks > 0).float().mean() < 0.9 and len(s.test_ids) >= 1

@@ -236,6 +236,9 @@ def test_finished_run_is_never_overwritten(tmp_path):
     [
         ("optimizer.lr=-1", "optimizer.lr must be a finite number > 0"),
         ("optimizer.lr_variance=nan", "optimizer.lr_variance must be a finite number"),
+        ("optimizer.lr_variance=fast", "optimizer.lr_variance must be a finite number"),
+        ("optimizer.lr_variance_auto=[1e-2]", "optimizer.lr_variance_auto must be"),
+        ("optimizer.lr_variance_auto=[1e-2,null]", "optimizer.lr_variance_auto[1] must be a"),
         ("optimizer.decay=linear", "optimizer.decay='linear'"),
         ("dataset.resolution=0", "need resolution >= 8"),
         ("dataset.shape=teapot", "dataset.shape='teapot' is unknown"),

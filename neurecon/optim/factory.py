@@ -28,6 +28,10 @@ def lr_factor(
     return 1.0
 
 
+def _positive(val: object) -> bool:
+    return isinstance(val, int | float) and math.isfinite(val) and val > 0
+
+
 class OptimizerFactory:
     """Builds the optimizer and its schedule for a field.
 
@@ -62,21 +66,25 @@ class OptimizerFactory:
     ) -> None:
         if optimizer_class is not None and not callable(optimizer_class):
             raise ConfigError("optimizer.optimizer_class must be a _target_ node (_partial_: true)")
-        if len(lr_variance_auto) != 2:
-            raise ConfigError("optimizer.lr_variance_auto must be [with masks, without masks]")
-        auto = lr_variance == "auto"
-        for key, val in (
-            ("lr", lr),
-            ("lr_variance", None if auto else lr_variance),
-            ("lr_encoder", lr_encoder),
-            ("lr_variance_auto[0]", lr_variance_auto[0]),
-            ("lr_variance_auto[1]", lr_variance_auto[1]),
-        ):
-            if val is not None and not (
-                isinstance(val, int | float) and math.isfinite(val) and val > 0
-            ):
+        try:
+            masked_lr, unmasked_lr = lr_variance_auto
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "optimizer.lr_variance_auto must be [with masks, without], "
+                f"got {lr_variance_auto!r}"
+            ) from None
+        lrs = {
+            "lr": lr,
+            "lr_variance": None if lr_variance == "auto" else lr_variance,
+            "lr_encoder": lr_encoder,
+            "lr_variance_auto[0]": masked_lr,
+            "lr_variance_auto[1]": unmasked_lr,
+        }
+        for key, val in lrs.items():
+            optional = key in ("lr_variance", "lr_encoder")
+            if not (val is None and optional) and not _positive(val):
                 raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val!r}")
-        self.lr_variance_auto = (float(lr_variance_auto[0]), float(lr_variance_auto[1]))
+        self.lr_variance_auto = (float(masked_lr), float(unmasked_lr))
         if decay not in _DECAYS:
             raise ConfigError(f"optimizer.decay={decay!r}; choose from {list(_DECAYS)}")
         if not 0 < final_ratio <= 1 or warmup_steps < 0:
