@@ -364,10 +364,7 @@ class SyntheticScene(Scene):
         costs 1.9 s instead of 0.4-0.6 s in every run that meshes."""
         res = 160
         g = torch.linspace(-1, 1, res)
-        vol = torch.cat(
-            [self.sdf(torch.stack(torch.meshgrid(g[i : i + 32], g, g, indexing="ij"), -1))
-             for i in range(0, res, 32)]
-        ).numpy()  # fmt: skip
+        vol = self.sdf(torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1)).numpy()
         verts, faces = mcubes.marching_cubes(-vol, 0.0)
         verts = torch.tensor(verts / (res - 1) * 2 - 1, dtype=torch.float32)
         verts = project_to_surface(self.sdf, verts).double().numpy()
