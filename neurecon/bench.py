@@ -88,6 +88,7 @@ def bench_field(
     x = (x / x.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g) ** (1 / 3)).to(device)
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
     field.to(device).train()
+    params = [p for p in field.parameters() if p.requires_grad]
 
     def step() -> None:
         with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
@@ -98,7 +99,7 @@ def bench_field(
                 loss = loss + ((grad.float().norm(dim=-1) - 1) ** 2).mean()
             if getattr(out, "density", None) is not None:
                 loss = loss + out.density.float().mean()
-        loss.backward()
+        loss.backward(inputs=params)  # as the trainer: no gradient for the sample positions
         field.zero_grad(set_to_none=True)
 
     for _ in range(2):  # warm-up (allocator, lazy init, autotuning)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neurecon.encoders.hashgrid_cpu import cpu_kernels_available
+from neurecon.encoders.hashgrid_cpu import hash_encode as cpu_encode
 from neurecon.encoders.hashgrid_ops import Levels, TorchCorners
 from neurecon.encoders.hashgrid_ops import hash_encode as autograd_encode
 from neurecon.encoders.hashgrid_triton import hash_encode, interpreting, triton_available
@@ -24,7 +26,7 @@ from neurecon.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "tcnn", "triton")
+BACKENDS = ("auto", "torch", "tcnn", "triton", "cpu")
 N_FEATURES = (1, 2, 4, 8)  # what tiny-cuda-nn's HashGrid accepts
 
 
@@ -49,21 +51,25 @@ def tcnn_available() -> bool:
 
 def select_backend(backend: str) -> str:
     """The backend that runs for ``encoder.backend``: ``auto`` takes the fastest that can run
-    here (tcnn, then triton, then torch); an explicit one that cannot run warns once and falls
-    back to torch."""
-    can = {
-        "torch": True,
-        "tcnn": tcnn_available(),
-        "triton": triton_available() or (backend == "triton" and interpreting()),
+    here (tcnn, then triton, then the C kernels, then torch); an explicit one that cannot run
+    warns once and falls back to torch. (On CPU tensors the encoder also uses the C kernels
+    under ``auto`` and ``triton``, where they can run: see ``HashGridEncoder.forward``.)"""
+    can = {  # asked lazily: the C kernels are built on first use
+        "torch": lambda: True,
+        "tcnn": tcnn_available,
+        "triton": lambda: triton_available() or (backend == "triton" and interpreting()),
+        "cpu": cpu_kernels_available,
     }
     if backend == "auto":
-        return next(b for b in ("tcnn", "triton", "torch") if can[b])
-    if not can[backend]:
+        return next(b for b in ("tcnn", "triton", "cpu", "torch") if can[b]())
+    if not can[backend]():
         why = {
             "tcnn": "tiny-cuda-nn needs CUDA and the tinycudann package (see README, "
             "'Fast encoders')",
             "triton": "the Triton kernels need CUDA and the triton package (or "
             "TRITON_INTERPRET=1 for tests)",
+            "cpu": "the C kernels could not be built (a C compiler is needed, see README, "
+            "'Fast encoders')",
         }[backend]
         log.warning("encoder.backend=%s: %s; using the PyTorch hash grid", backend, why)
         return "torch"
@@ -86,8 +92,11 @@ class HashGridEncoder(nn.Module):
         backend: ``torch``; ``tcnn`` (tiny-cuda-nn's fused CUDA kernels, when CUDA and
             ``tinycudann`` are available); ``triton`` (neurecon's Triton kernels, on CUDA with
             triton installed, as CUDA builds of PyTorch ship it; anywhere under
-            ``TRITON_INTERPRET=1``); ``auto``: tcnn, else triton, else torch, by what can run.
-            A backend that cannot run here gives one warning and the torch backend.
+            ``TRITON_INTERPRET=1``); ``cpu`` (neurecon's C kernels with OpenMP, built on first
+            use with the system's C compiler: ``hashgrid_cpu.py``); ``auto``: tcnn, else
+            triton, else cpu, else torch, by what can run. On CPU tensors ``auto`` and
+            ``triton`` use the C kernels where they can be built. A backend that cannot run here
+            gives one warning and the torch backend.
         progressive_levels, level_every: Neuralangelo's coarse-to-fine schedule: only the
             coarsest ``progressive_levels`` levels are active at first (finer ones output zeros)
             and one more joins every ``level_every`` steps. None: all levels from the start.
@@ -250,7 +259,9 @@ class HashGridEncoder(nn.Module):
             out = hash_encode(u, self.embeddings, self.levels())
         elif torch.compiler.is_compiling():  # see _encode_torch
             out = self._encode_torch(u)
-        else:  # torch; or triton's table on a CPU without the interpreter
+        elif not u.is_cuda and self.backend != "torch" and cpu_kernels_available():
+            out = cpu_encode(u, self.embeddings, self.levels())
+        else:  # torch; or no C compiler
             c = TorchCorners(u, self.levels())
             out = autograd_encode(u, c.gather(self.embeddings), c)
         if self._active < self.n_levels:

@@ -15,9 +15,14 @@ The Triton kernels (``hashgrid_triton.py``) take the table itself as the source 
 gather and the scatter. :class:`TorchCorners` (tensor ops, any device) takes the table rows
 already gathered per corner, (L, N, 8, F), by one ``index_select`` outside: autograd then sums
 the rows' gradients from the loss and from the eikonal term's double backward and scatters them
-into the table once (a scatter into a large table costs more than the rest on a CPU). The
-encoding's second derivative in ``u`` is not propagated: sample positions are not trained
-(tiny-cuda-nn does the same).
+into the table once. The C kernels (``hashgrid_cpu.py``) take the table, as Triton's do.
+
+The autograd keeps the table's path and the input's path in separate nodes (:class:`_Encode`,
+:class:`_InputPath`), so each backward pass runs only the primitives it needs: the eikonal
+term's ``∂sdf/∂u`` runs ``input_grad`` alone, and the loss's backward for the parameters runs
+one ``source_grad`` for the loss and the directional ``source_grad`` and ``encode`` for the
+eikonal term. The encoding's second derivative in ``u`` is not propagated: sample positions are
+not trained (tiny-cuda-nn does the same).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Levels:
 class Corners(Protocol):
     """The encoding's primitives for one batch of points (see the module docstring)."""
 
+    shape: tuple[int, int, int]  # (L, N, F)
+
     def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor: ...
 
     def source_grad(
@@ -68,7 +75,7 @@ class TorchCorners:
 
     def __init__(self, u: Tensor, lv: Levels, track_input: bool = False) -> None:
         L, N = lv.scale.shape[0], u.shape[0]
-        self.shape = (L, N, lv.n_features)
+        self.shape = (L, N, lv.n_features)  # (levels, points, features), every backend
         # track_input: the weights stay differentiable in u, for plain autograd (the reference)
         pos = (u if track_input else u.detach())[None] * lv.scale[:, None, None] + 0.5
         base = pos.floor()
@@ -149,9 +156,11 @@ class TorchCorners:
         return torch.stack([(d * dot).sum((0, 2)) for d in self.dw], -1)
 
 
-class _HashEncode(torch.autograd.Function):
+class _Encode(torch.autograd.Function):
+    """The encoding as a function of the source, at fixed points: ``out = A_u · src``."""
+
     @staticmethod
-    def forward(ctx, u: Tensor, src: Tensor, corners: Corners) -> Tensor:
+    def forward(ctx, src: Tensor, corners: Corners) -> Tensor:
         ctx.save_for_backward(src)
         ctx.corners = corners
         return corners.encode(src)
@@ -159,40 +168,70 @@ class _HashEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out: Tensor):
         (src,) = ctx.saved_tensors
-        want_u = ctx.needs_input_grad[0]
-        g_u, g_src = _HashEncodeBackward.apply(src, g_out, ctx.corners, want_u)
-        return g_u, g_src, None
+        return _SourceGrad.apply(g_out, src, ctx.corners), None
 
 
-class _HashEncodeBackward(torch.autograd.Function):
-    """(src, g_out) → (∂L/∂u, ∂L/∂src); differentiable in ``src`` and ``g_out``."""
+class _SourceGrad(torch.autograd.Function):
+    """g_out → ∂L/∂src = A_uᵀ · g_out (the scatter into the table); linear in g_out."""
 
     @staticmethod
-    def forward(ctx, src: Tensor, g_out: Tensor, corners: Corners, want_u: bool):
+    def forward(ctx, g_out: Tensor, src: Tensor, corners: Corners) -> Tensor:
+        ctx.corners = corners
+        return corners.source_grad(g_out.contiguous().float(), src)
+
+    @staticmethod
+    def backward(ctx, gg_src: Tensor):
+        return ctx.corners.encode(gg_src) if ctx.needs_input_grad[0] else None, None, None
+
+
+class _InputPath(torch.autograd.Function):
+    """A zero (N, L·F) whose gradient carries ``∂out/∂u``, added to :class:`_Encode`'s output.
+
+    The engine runs a node's backward whole, so the two paths are two nodes: the eikonal term's
+    gradient in ``u`` alone then skips the table's scatter, and the loss's gradient for the
+    parameters alone (``backward(inputs=...)``) skips ``u``'s. The source reaches this node
+    outside autograd's view (``srcs``), so its only edge is ``u``; it enters the graph again
+    through :class:`_InputGrad`, which the double backward differentiates.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, corners: Corners, srcs: tuple[Tensor]) -> Tensor:
+        ctx.corners, ctx.srcs = corners, srcs
+        L, F = corners.shape[0], corners.shape[2]
+        return u.new_zeros(u.shape[0], L * F)
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor):
+        return _InputGrad.apply(ctx.srcs[0], g_out, ctx.corners), None, None
+
+
+class _InputGrad(torch.autograd.Function):
+    """(src, g_out) → ∂L/∂u (N, 3); differentiable in ``src`` and ``g_out``."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, g_out: Tensor, corners: Corners) -> Tensor:
         g_out = g_out.contiguous().float()
         ctx.save_for_backward(src, g_out)
         ctx.corners = corners
-        g_u = corners.input_grad(src, g_out) if want_u else None
-        return g_u, corners.source_grad(g_out, src)
+        return corners.input_grad(src, g_out)
 
     @staticmethod
-    def backward(ctx, gg_u: Tensor | None, gg_src: Tensor | None):
+    def backward(ctx, gg_u: Tensor):
         src, g_out = ctx.saved_tensors
         corners = ctx.corners
         g_src = g_gout = None
-        if gg_u is not None:  # ∂(∂L/∂u)/∂src and ∂(∂L/∂u)/∂g_out, along gg_u
-            if ctx.needs_input_grad[0]:
-                g_src = corners.source_grad(g_out, src, direction=gg_u)
-            if ctx.needs_input_grad[1]:
-                g_gout = corners.encode(src, direction=gg_u)
-        if gg_src is not None and ctx.needs_input_grad[1]:  # ∂source_grad/∂g_out = encode
-            t = corners.encode(gg_src)
-            g_gout = t if g_gout is None else g_gout + t
-        return g_src, g_gout, None, None
+        if ctx.needs_input_grad[0]:  # ∂(∂L/∂u)/∂src along gg_u
+            g_src = corners.source_grad(g_out, src, direction=gg_u)
+        if ctx.needs_input_grad[1]:  # ∂(∂L/∂u)/∂g_out along gg_u
+            g_gout = corners.encode(src, direction=gg_u)
+        return g_src, g_gout, None
 
 
 def hash_encode(u: Tensor, src: Tensor, corners: Corners) -> Tensor:
     """The encoding of ``u`` (N, 3) from the source ``src`` (the table, or the rows
     ``corners`` reads) at the points ``corners`` was built for: (N, L·F), differentiable in
     ``u`` and ``src``, twice in ``src``."""
-    return _HashEncode.apply(u, src, corners)
+    out = _Encode.apply(src, corners)
+    if u.requires_grad:
+        out = out + _InputPath.apply(u, corners, (src,))
+    return out

@@ -235,6 +235,7 @@ class TritonCorners:
 
     def __init__(self, u: Tensor, lv: Levels) -> None:
         self.u, self.lv = u.detach().contiguous().float(), lv
+        self.shape = (lv.scale.shape[0], u.shape[0], lv.n_features)  # (L, N, F)
 
     def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor:
         return _encode(self.u, src, self.lv, direction)

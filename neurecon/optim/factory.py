@@ -114,9 +114,18 @@ class OptimizerFactory:
     def build(
         self, model: nn.Module, max_steps: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        opt = self.optimizer_class(
-            self.param_groups(model), betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
-        )
+        cls, kw = self.optimizer_class, {}
+        if getattr(cls, "func", cls) in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in (
+            getattr(cls, "keywords", None) or {}
+        ):
+            # One pass per tensor instead of ~10 elementwise ones: on a CPU the for-loop Adam
+            # over a 2^19-entry hash table was 15 % of a training step. A `fused` set in the
+            # config wins.
+            kw["fused"] = True
+        opt = cls(
+            self.param_groups(model),
+            betas=self.betas, eps=self.eps, weight_decay=self.weight_decay, **kw,
+        )  # fmt: skip
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
             lambda s: lr_factor(s, max_steps, self.warmup_steps, self.decay, self.final_ratio),

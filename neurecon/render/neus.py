@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
+from neurecon.fields.base import SDFOutput
 from neurecon.render.common import RenderOutput, SphereRenderer
 from neurecon.render.occupancy import OccupancyGrid, eval_chunked
 from neurecon.render.volrend import (
@@ -105,13 +106,11 @@ class NeuSRenderer(SphereRenderer):
         half = iter_cos * dists * 0.5
         return neus_alpha(out.sdf - half, out.sdf + half, inv_s), inv_s
 
-    def _eikonal_points(self, field: nn.Module, like: Tensor) -> Tensor:
-        """Squared eikonal residuals (M,) at ``n_eikonal`` random points in the unit ball."""
+    def _eikonal_points(self, like: Tensor) -> Tensor:
+        """``n_eikonal`` random points (M, 3) in the unit ball, for the eikonal term."""
         n = self.n_eikonal
         x = torch.randn(n, 3, device=like.device)
-        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * torch.rand(n, 1, device=x.device)
-        out = field(x, torch.zeros_like(x), create_graph=True)
-        return (out.gradient.norm(dim=-1) - 1.0) ** 2
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * torch.rand(n, 1, device=x.device)
 
     @torch.no_grad()
     def visibility_alpha(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor) -> Tensor:
@@ -153,13 +152,23 @@ class NeuSRenderer(SphereRenderer):
         ray, t0, t1, mid = self._packed_samples(field, o, d, near, far)
         dirs = d[ray]
         pts = o[ray] + dirs * mid[:, None]
-        out = self._eval_packed(field, pts, dirs)
+        n = pts.shape[0]
+        if torch.is_grad_enabled() and self.n_eikonal > 0:
+            # The eikonal term's random points ride in the samples' field call: a backward pass
+            # through the hash grid costs per call as well as per point (its table's gradient
+            # is dense), and they are a few per cent of the points.
+            xe = self._eikonal_points(pts)
+            both = self._eval_packed(
+                field, torch.cat([pts, xe]), torch.cat([dirs, torch.zeros_like(xe)])
+            )
+            out = SDFOutput(sdf=both.sdf[:n], gradient=both.gradient[:n], color=both.color[:n])
+            eik = (both.gradient.norm(dim=-1) - 1.0) ** 2  # samples, then the random points
+        else:
+            out = self._eval_packed(field, pts, dirs)
+            eik = (out.gradient.norm(dim=-1) - 1.0) ** 2
         alpha, inv_s = self._alpha(field, out, dirs, t1 - t0)
         w = packed_weights(alpha.reshape(-1), ray, B)
         normal = torch.nn.functional.normalize(out.gradient, dim=-1)
-        eik = (out.gradient.norm(dim=-1) - 1.0) ** 2
-        if torch.is_grad_enabled() and self.n_eikonal > 0:
-            eik = torch.cat([eik, self._eikonal_points(field, pts)])
         return RenderOutput(
             color=accumulate(w[:, None] * out.color, ray, B),
             opacity=accumulate(w, ray, B),

@@ -297,7 +297,11 @@ class Trainer:
             return "loss"
         if not loss.requires_grad:  # no ray met an occupied cell; nothing to learn
             return None
-        (loss if scaler is None else scaler.scale(loss)).backward()
+        # Only the optimised tensors: without ``inputs`` autograd also fills ``x.grad`` for every
+        # sample position the SDF's gradient was taken at (a pass through the encoder for
+        # nothing; the hash grid's is as costly as its forward on a CPU).
+        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        (loss if scaler is None else scaler.scale(loss)).backward(inputs=params)
         for cb in self.callbacks:
             cb.on_after_backward(self, state)
         if scaler is not None:

@@ -1,0 +1,170 @@
+"""C kernels for the multiresolution hash encoding on CPUs (``encoder.backend=cpu``).
+
+The three primitives of ``hashgrid_ops.py`` (encode, the table's gradient, the input's
+gradient) in plain C with OpenMP (``hashgrid_cpu.c``): each point's 8 corners, weights and
+table rows stay in registers, where the PyTorch backend builds (L, N, 8) tensors for every
+factor and scatters the gradient with ``index_add_``. Threads split the points, or the levels
+for the table's gradient (levels own disjoint parts of the table, so no atomics).
+
+The source has no Python or torch headers: it is compiled on first use (about a second) with
+the system's C compiler into a cache folder (``$NEURECON_CACHE``, else
+``$XDG_CACHE_HOME/neurecon``, else ``~/.cache/neurecon``), keyed by the source and the flags,
+and called through ctypes. No compiler (or a failed build) means no kernels: the encoder warns
+once and uses the PyTorch backend, which these kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from neurecon.encoders.hashgrid_ops import Levels
+from neurecon.encoders.hashgrid_ops import hash_encode as _autograd_encode
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
+# -ffp-contract=off: no fused multiply-adds, so positions round as the PyTorch backend's do.
+FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
+_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad")
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept (see the module docstring)."""
+    if os.environ.get("NEURECON_CACHE"):
+        return Path(os.environ["NEURECON_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neurecon"
+
+
+def _compiler() -> str | None:
+    cands = [os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split(" ")[0]]
+    for cand in [*cands, "cc", "gcc", "clang"]:
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def _build(cc: str, out: Path, openmp: bool) -> bool:
+    """Compile the source into ``out`` atomically (a temporary file, then a rename), so that
+    concurrent runs (a sweep's workers) never load half a library."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cc, *FLAGS, *(["-fopenmp"] if openmp else []), "-o", tmp, str(SOURCE)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            log.debug("%s failed:\n%s", " ".join(cmd), done.stderr)
+            return False
+        os.replace(tmp, out)
+        return True
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("%s failed: %s", " ".join(cmd), e)
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; None where they cannot be built."""
+    if not SOURCE.is_file():  # an install without its package data
+        log.warning("encoder: %s is missing; the hash grid runs in PyTorch ops", SOURCE)
+        return None
+    cc = _compiler()
+    if cc is None:
+        log.warning("encoder: no C compiler found (set CC); the hash grid runs in PyTorch ops")
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    for openmp in (True, False):  # without OpenMP (Apple's clang): one thread, still fused
+        so = cache_dir() / f"hashgrid_cpu_{key}{'_omp' if openmp else ''}.so"
+        try:
+            if so.is_file() or _build(cc, so, openmp):
+                lib = ctypes.CDLL(str(so))
+                break
+        except OSError as e:  # an unwritable cache folder, a library that will not load
+            log.debug("hash-grid kernels at %s: %s", so, e)
+    else:
+        log.warning(
+            "encoder: could not build the hash grid's C kernels with %s (%s); using PyTorch ops",
+            cc, SOURCE,
+        )  # fmt: skip
+        return None
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name in _FUNCS:
+        fn = getattr(lib, name)
+        fn.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_int]
+        fn.restype = None
+    return lib
+
+
+def cpu_kernels_available() -> bool:
+    """The kernels are built (or can be) on this machine."""
+    return library() is not None
+
+
+def _p(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class CpuCorners:
+    """The three primitives of ``hashgrid_ops`` as C calls for points ``u`` (N, 3) on the CPU;
+    the source is the table (T, F) itself, as for the Triton kernels."""
+
+    def __init__(self, u: Tensor, lv: Levels) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("encoder.backend=cpu: the C kernels could not be built")
+        self.lib, self.lv = lib, lv
+        self.u = u.detach().contiguous().float()
+        i64 = torch.int64
+        # Kept as attributes: the C calls read their memory.
+        self.consts = (
+            lv.scale.float().contiguous(), lv.res.to(i64).contiguous(),
+            lv.size.to(i64).contiguous(), lv.offset.to(i64).contiguous(),
+        )  # fmt: skip
+        self.shape = (lv.scale.shape[0], u.shape[0], lv.n_features)  # (L, N, F)
+
+    def _call(self, name: str, a: Tensor, b: Tensor | None, out: Tensor) -> Tensor:
+        n_levels, n, f = self.shape
+        if n:
+            getattr(self.lib, name)(
+                _p(self.u), _p(a), _p(b), _p(out), *(_p(t) for t in self.consts),
+                self.lv.n_dense, n, n_levels, f, torch.get_num_threads(),
+            )  # fmt: skip
+        return out
+
+    def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        n_levels, n, f = self.shape
+        d = None if direction is None else direction.detach().contiguous().float()
+        out = self.u.new_empty(n, n_levels * f)
+        return self._call("hg_encode", src.detach().contiguous(), d, out)
+
+    def source_grad(self, g_out: Tensor, src: Tensor, direction: Tensor | None = None) -> Tensor:
+        d = None if direction is None else direction.detach().contiguous().float()
+        g_table = self.u.new_empty(src.shape)  # every level's rows are zeroed by the kernel
+        if self.shape[1] == 0:
+            return g_table.zero_()
+        return self._call("hg_table_grad", g_out.detach().contiguous().float(), d, g_table)
+
+    def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor:
+        g = g_out.detach().contiguous().float()
+        return self._call("hg_input_grad", src.detach().contiguous(), g, torch.empty_like(self.u))
+
+
+def hash_encode(u: Tensor, table: Tensor, lv: Levels) -> Tensor:
+    """The hash encoding of ``u`` (N, 3) in [0, 1] with ``table`` (T, F) on the CPU: (N, L·F),
+    differentiable in ``u`` and ``table``, twice in ``table``."""
+    return _autograd_encode(u, table, CpuCorners(u, lv))

@@ -1,0 +1,193 @@
+"""The hash grid's kernel backends against the PyTorch backend: forward, both gradients, and the
+double backward of the eikonal term.
+
+- ``encoder.backend=triton``: on a CPU the kernels run under Triton's interpreter
+  (``TRITON_INTERPRET=1``, set in conftest.py before neurecon is imported);
+- ``encoder.backend=cpu``: the C kernels, built on first use with the system's C compiler.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from neurecon.encoders import HashGridEncoder, hashgrid_cpu
+from neurecon.encoders.hashgrid_ops import TorchCorners, hash_encode
+from neurecon.encoders.hashgrid_triton import interpreting, triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = pytest.param(
+    "triton",
+    marks=[
+        pytest.mark.skipif(triton is None, reason="triton is not installed (pip install triton)"),
+        pytest.mark.skipif(
+            triton is not None and not (torch.cuda.is_available() or interpreting()),
+            reason="no CUDA, and TRITON_INTERPRET=1 was not set before neurecon was imported",
+        ),
+    ],
+)
+CPU = pytest.param(
+    "cpu",
+    marks=pytest.mark.skipif(
+        DEVICE != "cpu" or not hashgrid_cpu.cpu_kernels_available(),
+        reason="the C kernels run on CPU tensors and need a C compiler",
+    ),
+)
+BACKENDS = [TRITON, CPU]
+
+
+def _pair(backend: str, **kw):
+    """A torch and a ``backend`` encoder with the same table; dense and hashed levels both."""
+    kw = {"n_levels": 4, "n_features": 2, "log2_table_size": 10, "base_resolution": 4,
+          "max_resolution": 64, "include_input": False, **kw}  # fmt: skip
+    torch.manual_seed(0)
+    ref = HashGridEncoder(backend="torch", **kw).to(DEVICE)
+    fast = HashGridEncoder(backend=backend, **kw).to(DEVICE)
+    with torch.no_grad():
+        ref.embeddings.normal_()
+        fast.embeddings.copy_(ref.embeddings)
+    assert fast.backend == backend and bool(ref.dense.any()) and not bool(ref.dense.all())
+    return ref, fast
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_features", [1, 2, 4, 8])
+def test_forward_and_both_gradients_match_torch(backend, n_features):
+    ref, fast = _pair(backend, n_features=n_features)
+    x = torch.rand(120, 3, device=DEVICE) * 2.2 - 1.1  # some points outside: clamped
+    w = torch.randn(120, ref.out_dim, device=DEVICE)
+    outs, grads = [], []
+    for enc in (ref, fast):
+        xi = x.clone().requires_grad_(True)
+        y = enc(xi)
+        (y * w).sum().backward()
+        outs.append(y.detach())
+        grads.append((xi.grad, enc.embeddings.grad))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-4)  # input
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-5)  # table
+    assert grads[0][1].abs().sum() > 0 and grads[0][0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_matches_torch_for_an_eikonal_loss(backend):
+    """``field.gradient=analytic``: the eikonal term differentiates the SDF's spatial gradient,
+    so the table and the MLP get gradients through the encoder's backward."""
+    ref, fast = _pair(backend)
+    torch.manual_seed(1)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(ref.out_dim, 16), torch.nn.Softplus(beta=10), torch.nn.Linear(16, 1)
+    ).to(DEVICE)
+    x = torch.rand(120, 3, device=DEVICE) * 1.8 - 0.9
+    results = []
+    for enc in (ref, fast):
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        sdf = mlp(enc(xi))
+        (g,) = torch.autograd.grad(sdf.sum(), xi, create_graph=True)
+        loss = ((g.norm(dim=-1) - 1) ** 2).mean() + sdf.square().mean()
+        loss.backward()
+        results.append((g.detach(), enc.embeddings.grad.clone(), mlp[0].weight.grad.clone()))
+    (g0, t0, m0), (g1, t1, m1) = results
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(t1, t0, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(m1, m0, rtol=1e-3, atol=1e-6)
+    assert t0.abs().sum() > 0 and m0.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_handles_no_points(backend):
+    _, fast = _pair(backend)
+    x = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
+    y = fast(x)
+    assert y.shape == (0, fast.out_dim)
+    y.sum().backward()
+    assert fast.embeddings.grad.abs().sum() == 0
+
+
+class _Counting(TorchCorners):
+    """TorchCorners that counts its primitive calls."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.calls: list[str] = []
+
+    def encode(self, src, direction=None):
+        self.calls.append("encode" + ("_dir" if direction is not None else ""))
+        return super().encode(src, direction)
+
+    def source_grad(self, g_out, src, direction=None):
+        self.calls.append("source_grad" + ("_dir" if direction is not None else ""))
+        return super().source_grad(g_out, src, direction)
+
+    def input_grad(self, src, g_out):
+        self.calls.append("input_grad")
+        return super().input_grad(src, g_out)
+
+
+def test_each_backward_pass_runs_only_the_primitives_it_needs():
+    """The SDF's spatial gradient needs ∂out/∂u alone (no scatter into the table); the loss's
+    backward for the parameters needs the table's gradients alone (no ∂out/∂u for the
+    sample positions): one plain scatter for the loss, and the directional scatter and
+    encoding for the eikonal term."""
+    enc = HashGridEncoder(n_levels=3, log2_table_size=8, max_resolution=32, backend="torch",
+                          include_input=False)  # fmt: skip
+    mlp = torch.nn.Sequential(torch.nn.Linear(enc.out_dim, 8), torch.nn.Softplus(beta=10),
+                              torch.nn.Linear(8, 1))  # fmt: skip
+    x = torch.rand(50, 3).requires_grad_(True)
+    c = _Counting(x, enc.levels())
+    sdf = mlp(hash_encode(x, c.gather(enc.embeddings), c))
+    (g,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+    assert c.calls == ["encode", "input_grad"]
+    loss = ((g.norm(dim=-1) - 1) ** 2).mean() + sdf.square().mean()
+    loss.backward(inputs=[enc.embeddings, *mlp.parameters()])
+    assert sorted(c.calls[2:]) == ["encode_dir", "source_grad", "source_grad_dir"]
+    assert x.grad is None and enc.embeddings.grad.abs().sum() > 0
+
+
+def test_auto_takes_the_c_kernels_on_a_cpu():
+    if not hashgrid_cpu.cpu_kernels_available() or torch.cuda.is_available():
+        pytest.skip("no C compiler here, or a CUDA machine (auto takes tcnn/triton)")
+    assert HashGridEncoder(backend="auto").backend == "cpu"
+
+
+def test_a_failed_build_warns_and_falls_back_to_torch(tmp_path, monkeypatch, caplog):
+    """A compiler that fails (here ``false``): one warning naming the compiler, the PyTorch
+    backend, the same encoding; nothing half-built is left in the cache folder."""
+    monkeypatch.setenv("NEURECON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")
+    hashgrid_cpu.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            enc = HashGridEncoder(n_levels=2, log2_table_size=8, max_resolution=16,
+                                  backend="cpu")  # fmt: skip
+            assert enc.backend == "torch"
+            x = torch.rand(30, 3)
+            ref = HashGridEncoder(n_levels=2, log2_table_size=8, max_resolution=16,
+                                  backend="torch")  # fmt: skip
+            ref.load_state_dict(enc.state_dict())
+            torch.testing.assert_close(enc(x), ref(x))
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("C kernels" in m and "false" in m for m in warned), warned
+        assert any("encoder.backend=cpu" in m for m in warned), warned
+        assert not list((tmp_path / "cache").glob("*.so"))
+    finally:
+        hashgrid_cpu.library.cache_clear()
+
+
+def test_the_kernels_are_built_once_into_the_cache_folder(tmp_path, monkeypatch):
+    if hashgrid_cpu._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("NEURECON_CACHE", str(tmp_path))
+    hashgrid_cpu.library.cache_clear()
+    try:
+        assert hashgrid_cpu.library() is not None
+        (so,) = tmp_path.glob("hashgrid_cpu_*.so")
+        built = so.stat().st_mtime_ns
+        hashgrid_cpu.library.cache_clear()
+        assert hashgrid_cpu.library() is not None
+        assert so.stat().st_mtime_ns == built and len(list(tmp_path.iterdir())) == 1
+    finally:
+        hashgrid_cpu.library.cache_clear()
