@@ -151,3 +151,35 @@ void hg_input_grad(const float *u, const float *table, const float *g_out, float
         }
     }
 }
+
+/* The double backward's two sums along the directions dir (one pass, sharing each point's
+ * corners): g_gout[n, l] = sum_c v_c table[idx_c] (encode along dir) and
+ * g_table[idx_c] += v_c g_out[n, l] (the table's gradient along dir; zeroed here), with
+ * v_c = sum_a dir_a dw_c/du_a. Threads split the levels, as in hg_table_grad. */
+void hg_dir_backward(const float *u, const float *table, const float *g_out, const float *dir,
+                     float *g_table, float *g_gout, const float *scale, const int64_t *res,
+                     const int64_t *size, const int64_t *offset, int64_t n_dense, int64_t N,
+                     int64_t L, int64_t F, int n_threads) {
+    const levels_t lv = {scale, res, size, offset, n_dense};
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    for (int64_t l = 0; l < L; l++) {
+        memset(g_table + offset[l] * F, 0, (size_t)(size[l] * F) * sizeof(float));
+        for (int64_t n = 0; n < N; n++) {
+            int64_t idx[8];
+            float ax[3][2], w[8], acc[MAXF] = {0};
+            cell(u + 3 * n, &lv, l, idx, ax);
+            weights(ax, scale[l], dir + 3 * n, w);
+            const float *g = g_out + (n * L + l) * F;
+            for (int c = 0; c < 8; c++) {
+                const float *row = table + idx[c] * F;
+                float *grow = g_table + idx[c] * F;
+                for (int64_t f = 0; f < F; f++) {
+                    acc[f] += w[c] * row[f];
+                    grow[f] += w[c] * g[f];
+                }
+            }
+            float *o = g_gout + (n * L + l) * F;
+            for (int64_t f = 0; f < F; f++) o[f] = acc[f];
+        }
+    }
+}

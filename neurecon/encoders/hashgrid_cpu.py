@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 # -ffp-contract=off: no fused multiply-adds, so positions round as the PyTorch backend's do.
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
-_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad")
+_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad", "hg_dir_backward")
 
 
 def cache_dir() -> Path:
@@ -105,7 +105,8 @@ def library() -> ctypes.CDLL | None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in _FUNCS:
         fn = getattr(lib, name)
-        fn.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_int]
+        n_ptr = 10 if name == "hg_dir_backward" else 8
+        fn.argtypes = [ptr] * n_ptr + [i64] * 4 + [ctypes.c_int]
         fn.restype = None
     return lib
 
@@ -137,31 +138,53 @@ class CpuCorners:
         )  # fmt: skip
         self.shape = (lv.scale.shape[0], u.shape[0], lv.n_features)  # (L, N, F)
 
-    def _call(self, name: str, a: Tensor, b: Tensor | None, out: Tensor) -> Tensor:
+    def _call(self, name: str, *tensors: Tensor | None) -> None:
+        """``name(u, *tensors, level constants, sizes, threads)``; the last tensors are the
+        outputs, which the kernel fills."""
         n_levels, n, f = self.shape
         if n:
             getattr(self.lib, name)(
-                _p(self.u), _p(a), _p(b), _p(out), *(_p(t) for t in self.consts),
+                _p(self.u), *(_p(t) for t in tensors), *(_p(t) for t in self.consts),
                 self.lv.n_dense, n, n_levels, f, torch.get_num_threads(),
             )  # fmt: skip
-        return out
 
     def encode(self, src: Tensor, direction: Tensor | None = None) -> Tensor:
         n_levels, n, f = self.shape
-        d = None if direction is None else direction.detach().contiguous().float()
         out = self.u.new_empty(n, n_levels * f)
-        return self._call("hg_encode", src.detach().contiguous(), d, out)
+        self._call("hg_encode", src.detach().contiguous(), _dir(direction), out)
+        return out
+
+    def _table_like(self, src: Tensor) -> Tensor:
+        # The kernels zero every level's rows before their scatter; with no point they do not run.
+        return self.u.new_empty(src.shape) if self.shape[1] else self.u.new_zeros(src.shape)
 
     def source_grad(self, g_out: Tensor, src: Tensor, direction: Tensor | None = None) -> Tensor:
-        d = None if direction is None else direction.detach().contiguous().float()
-        g_table = self.u.new_empty(src.shape)  # every level's rows are zeroed by the kernel
-        if self.shape[1] == 0:
-            return g_table.zero_()
-        return self._call("hg_table_grad", g_out.detach().contiguous().float(), d, g_table)
+        g_table = self._table_like(src)
+        self._call("hg_table_grad", _f32(g_out), _dir(direction), g_table)
+        return g_table
 
     def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor:
-        g = g_out.detach().contiguous().float()
-        return self._call("hg_input_grad", src.detach().contiguous(), g, torch.empty_like(self.u))
+        g_u = torch.empty_like(self.u)
+        self._call("hg_input_grad", src.detach().contiguous(), _f32(g_out), g_u)
+        return g_u
+
+    def direction_grads(
+        self, g_out: Tensor, src: Tensor, direction: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(source_grad(g_out, src, direction), encode(src, direction))`` in one pass."""
+        n_levels, n, f = self.shape
+        g_table, g_gout = self._table_like(src), self.u.new_empty(n, n_levels * f)
+        self._call("hg_dir_backward", src.detach().contiguous(), _f32(g_out), _dir(direction),
+                   g_table, g_gout)  # fmt: skip
+        return g_table, g_gout
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.detach().contiguous().float()
+
+
+def _dir(direction: Tensor | None) -> Tensor | None:
+    return None if direction is None else _f32(direction)
 
 
 def hash_encode(u: Tensor, table: Tensor, lv: Levels) -> Tensor:

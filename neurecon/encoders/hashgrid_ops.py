@@ -9,7 +9,9 @@ over a *source* of table values:
 - ``encode(src, direction)``: the sum above, (N, L·F); with ``direction`` v (N, 3), the
   derivative of the encoding along v instead (weights ``Σ_a v_a ∂w_c/∂u_a``);
 - ``source_grad(g_out, src, direction)``: its transpose, the gradient for ``src``;
-- ``input_grad(src, g_out)``: ``∂L/∂u`` (N, 3).
+- ``input_grad(src, g_out)``: ``∂L/∂u`` (N, 3);
+- optionally ``direction_grads(g_out, src, direction)``: the double backward's
+  ``source_grad(g_out, src, direction)`` and ``encode(src, direction)`` in one pass.
 
 The Triton kernels (``hashgrid_triton.py``) take the table itself as the source and fuse the
 gather and the scatter. :class:`TorchCorners` (tensor ops, any device) takes the table rows
@@ -220,6 +222,8 @@ class _InputGrad(torch.autograd.Function):
         src, g_out = ctx.saved_tensors
         corners = ctx.corners
         g_src = g_gout = None
+        if all(ctx.needs_input_grad[:2]) and hasattr(corners, "direction_grads"):
+            return (*corners.direction_grads(g_out, src, gg_u), None)  # both sums in one pass
         if ctx.needs_input_grad[0]:  # ∂(∂L/∂u)/∂src along gg_u
             g_src = corners.source_grad(g_out, src, direction=gg_u)
         if ctx.needs_input_grad[1]:  # ∂(∂L/∂u)/∂g_out along gg_u
