@@ -96,30 +96,6 @@ void hg_encode(const float *u, const float *table, const float *dir, float *out,
     }
 }
 
-/* The transpose: g_table[idx_c(u_n)] += w_c(u_n) g_out[n, l] (g_table is zeroed here).
- * Levels own disjoint parts of the table, so threads split the levels and need no atomics. */
-void hg_table_grad(const float *u, const float *g_out, const float *dir, float *g_table,
-                   const float *scale, const int64_t *res, const int64_t *size,
-                   const int64_t *offset, int64_t n_dense, int64_t N, int64_t L, int64_t F,
-                   int n_threads) {
-    const levels_t lv = {scale, res, size, offset, n_dense};
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
-    for (int64_t l = 0; l < L; l++) {
-        memset(g_table + offset[l] * F, 0, (size_t)(size[l] * F) * sizeof(float));
-        for (int64_t n = 0; n < N; n++) {
-            int64_t idx[8];
-            float ax[3][2], w[8];
-            cell(u + 3 * n, &lv, l, idx, ax);
-            weights(ax, scale[l], dir ? dir + 3 * n : 0, w);
-            const float *g = g_out + (n * L + l) * F;
-            for (int c = 0; c < 8; c++) {
-                float *row = g_table + idx[c] * F;
-                for (int64_t f = 0; f < F; f++) row[f] += w[c] * g[f];
-            }
-        }
-    }
-}
-
 /* dL/du_a = sum_l sum_c (dw_c/du_a) <g_out[n, l], table[idx_c]>; level by level, as encode. */
 void hg_input_grad(const float *u, const float *table, const float *g_out, float *g_u,
                    const float *scale, const int64_t *res, const int64_t *size,
@@ -152,15 +128,17 @@ void hg_input_grad(const float *u, const float *table, const float *g_out, float
     }
 }
 
-/* The double backward's two sums along the directions dir (one pass, sharing each point's
- * corners): g_gout[n, l] = sum_c v_c table[idx_c] (encode along dir) and
- * g_table[idx_c] += v_c g_out[n, l] (the table's gradient along dir; zeroed here), with
- * v_c = sum_a dir_a dw_c/du_a. Threads split the levels, as in hg_table_grad. */
-void hg_dir_backward(const float *u, const float *table, const float *g_out, const float *dir,
-                     float *g_table, float *g_gout, const float *scale, const int64_t *res,
-                     const int64_t *size, const int64_t *offset, int64_t n_dense, int64_t N,
-                     int64_t L, int64_t F, int n_threads) {
+/* The transpose of hg_encode: g_table[idx_c(u_n)] += w_c(u_n) g_out[n, l] (g_table is zeroed
+ * here), with the trilinear weights or (dir != NULL) their derivative along dir. With table and
+ * g_gout, also g_gout[n, l] = sum_c w_c table[idx_c] in the same pass (the double backward
+ * needs both sums along dir, and they share each point's corners). Levels own disjoint parts of
+ * the table, so threads split the levels and need no atomics. */
+void hg_table_grad(const float *u, const float *table, const float *g_out, const float *dir,
+                   float *g_table, float *g_gout, const float *scale, const int64_t *res,
+                   const int64_t *size, const int64_t *offset, int64_t n_dense, int64_t N,
+                   int64_t L, int64_t F, int n_threads) {
     const levels_t lv = {scale, res, size, offset, n_dense};
+    const int also_encode = table != 0 && g_gout != 0;
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
     for (int64_t l = 0; l < L; l++) {
         memset(g_table + offset[l] * F, 0, (size_t)(size[l] * F) * sizeof(float));
@@ -168,18 +146,20 @@ void hg_dir_backward(const float *u, const float *table, const float *g_out, con
             int64_t idx[8];
             float ax[3][2], w[8], acc[MAXF] = {0};
             cell(u + 3 * n, &lv, l, idx, ax);
-            weights(ax, scale[l], dir + 3 * n, w);
+            weights(ax, scale[l], dir ? dir + 3 * n : 0, w);
             const float *g = g_out + (n * L + l) * F;
             for (int c = 0; c < 8; c++) {
-                const float *row = table + idx[c] * F;
                 float *grow = g_table + idx[c] * F;
-                for (int64_t f = 0; f < F; f++) {
-                    acc[f] += w[c] * row[f];
-                    grow[f] += w[c] * g[f];
+                for (int64_t f = 0; f < F; f++) grow[f] += w[c] * g[f];
+                if (also_encode) {
+                    const float *row = table + idx[c] * F;
+                    for (int64_t f = 0; f < F; f++) acc[f] += w[c] * row[f];
                 }
             }
-            float *o = g_gout + (n * L + l) * F;
-            for (int64_t f = 0; f < F; f++) o[f] = acc[f];
+            if (also_encode) {
+                float *o = g_gout + (n * L + l) * F;
+                for (int64_t f = 0; f < F; f++) o[f] = acc[f];
+            }
         }
     }
 }

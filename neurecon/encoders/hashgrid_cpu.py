@@ -3,8 +3,10 @@
 The three primitives of ``hashgrid_ops.py`` (encode, the table's gradient, the input's
 gradient) in plain C with OpenMP (``hashgrid_cpu.c``): each point's 8 corners, weights and
 table rows stay in registers, where the PyTorch backend builds (L, N, 8) tensors for every
-factor and scatters the gradient with ``index_add_``. Threads split the points, or the levels
-for the table's gradient (levels own disjoint parts of the table, so no atomics).
+factor and scatters the gradient with ``index_add_``. Threads split the points, level by level
+(one level's rows stay in cache), or the levels for the table's gradient (levels own disjoint
+parts of the table, so no atomics). The double backward's two sums along a direction share one
+pass (:meth:`CpuCorners.direction_grads`).
 
 The source has no Python or torch headers: it is compiled on first use (about a second) with
 the system's C compiler into a cache folder (``$NEURECON_CACHE``, else
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 # -ffp-contract=off: no fused multiply-adds, so positions round as the PyTorch backend's do.
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
-_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad", "hg_dir_backward")
+_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad")
 
 
 def cache_dir() -> Path:
@@ -105,7 +107,7 @@ def library() -> ctypes.CDLL | None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in _FUNCS:
         fn = getattr(lib, name)
-        n_ptr = 10 if name == "hg_dir_backward" else 8
+        n_ptr = 10 if name == "hg_table_grad" else 8
         fn.argtypes = [ptr] * n_ptr + [i64] * 4 + [ctypes.c_int]
         fn.restype = None
     return lib
@@ -160,7 +162,7 @@ class CpuCorners:
 
     def source_grad(self, g_out: Tensor, src: Tensor, direction: Tensor | None = None) -> Tensor:
         g_table = self._table_like(src)
-        self._call("hg_table_grad", _f32(g_out), _dir(direction), g_table)
+        self._call("hg_table_grad", None, _f32(g_out), _dir(direction), g_table, None)
         return g_table
 
     def input_grad(self, src: Tensor, g_out: Tensor) -> Tensor:
@@ -174,7 +176,7 @@ class CpuCorners:
         """``(source_grad(g_out, src, direction), encode(src, direction))`` in one pass."""
         n_levels, n, f = self.shape
         g_table, g_gout = self._table_like(src), self.u.new_empty(n, n_levels * f)
-        self._call("hg_dir_backward", src.detach().contiguous(), _f32(g_out), _dir(direction),
+        self._call("hg_table_grad", src.detach().contiguous(), _f32(g_out), _dir(direction),
                    g_table, g_gout)  # fmt: skip
         return g_table, g_gout
 

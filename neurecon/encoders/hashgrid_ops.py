@@ -236,6 +236,6 @@ def hash_encode(u: Tensor, src: Tensor, corners: Corners) -> Tensor:
     ``corners`` reads) at the points ``corners`` was built for: (N, L·F), differentiable in
     ``u`` and ``src``, twice in ``src``."""
     out = _Encode.apply(src, corners)
-    if u.requires_grad:
+    if u.requires_grad and torch.is_grad_enabled():
         out = out + _InputPath.apply(u, corners, (src,))
     return out
