@@ -9,6 +9,8 @@ double backward of the eikonal term.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,4 +192,32 @@ def test_the_kernels_are_built_once_into_the_cache_folder(tmp_path, monkeypatch)
         assert hashgrid_cpu.library() is not None
         assert so.stat().st_mtime_ns == built and len(list(tmp_path.iterdir())) == 1
     finally:
+        hashgrid_cpu.library.cache_clear()
+
+
+def test_a_cached_library_others_could_write_is_not_loaded(tmp_path, monkeypatch):
+    """Loading a library runs its code: a cached one that others could have written is rebuilt
+    before loading, and in a folder others can write, the kernels are built in a private
+    temporary folder instead."""
+    if hashgrid_cpu._compiler() is None or not hasattr(os, "getuid"):
+        pytest.skip("no C compiler, or no file owners on this OS")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NEURECON_CACHE", str(cache))
+    hashgrid_cpu.library.cache_clear()
+    try:
+        (so,) = [Path(hashgrid_cpu.library()._name)]
+        assert so.parent == cache
+        so.chmod(0o666)  # writable by anyone: rebuilt (replaced) before it is loaded
+        built = so.stat().st_mtime_ns
+        hashgrid_cpu.library.cache_clear()
+        assert hashgrid_cpu.library() is not None
+        assert not so.stat().st_mode & 0o022 and so.stat().st_mtime_ns != built
+        cache.chmod(0o777)  # a shared folder: its files are not trusted either
+        hashgrid_cpu.library.cache_clear()
+        lib = hashgrid_cpu.library()
+        assert lib is not None and Path(lib._name).parent != cache
+        _, fast = _pair("cpu")  # and the kernels built elsewhere work
+        assert torch.isfinite(fast(torch.rand(10, 3))).all()
+    finally:
+        cache.chmod(0o755)
         hashgrid_cpu.library.cache_clear()

@@ -11,12 +11,16 @@ pass (:meth:`CpuCorners.direction_grads`).
 The source has no Python or torch headers: it is compiled on first use (about a second) with
 the system's C compiler into a cache folder (``$NEURECON_CACHE``, else
 ``$XDG_CACHE_HOME/neurecon``, else ``~/.cache/neurecon``), keyed by the source and the flags,
-and called through ctypes. No compiler (or a failed build) means no kernels: the encoder warns
-once and uses the PyTorch backend, which these kernels are tested against.
+and called through ctypes. A cached library is loaded only when it and its folder are the
+user's own and writable by no one else (loading a library runs its code); otherwise the kernels
+are built again (in a private temporary folder when the cache folder is not private). No
+compiler (or a failed build) means no kernels: the encoder warns once and uses the PyTorch
+backend, which these kernels are tested against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -61,8 +65,11 @@ def _compiler() -> str | None:
 def _build(cc: str, out: Path, openmp: bool) -> bool:
     """Compile the source into ``out`` atomically (a temporary file, then a rename), so that
     concurrent runs (a sweep's workers) never load half a library."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    except OSError as e:  # an unwritable cache folder
+        log.debug("hash-grid kernels: cannot write to %s: %s", out.parent, e)
+        return False
     os.close(fd)
     cmd = [cc, *FLAGS, *(["-fopenmp"] if openmp else []), "-o", tmp, str(SOURCE)]
     try:
@@ -70,6 +77,7 @@ def _build(cc: str, out: Path, openmp: bool) -> bool:
         if done.returncode != 0:
             log.debug("%s failed:\n%s", " ".join(cmd), done.stderr)
             return False
+        os.chmod(tmp, 0o755)  # whatever the umask: a group-writable build would not be loaded
         os.replace(tmp, out)
         return True
     except (OSError, subprocess.SubprocessError) as e:
@@ -77,6 +85,33 @@ def _build(cc: str, out: Path, openmp: bool) -> bool:
         return False
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _private(path: Path) -> bool:
+    """Ours and writable by nobody else. Loading a library runs its code, so one that another
+    user could have written (a shared ``NEURECON_CACHE``, a world-writable folder) is not
+    loaded. (No owner check where the OS has no uids.)"""
+    getuid = getattr(os, "getuid", None)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return getuid is None or (st.st_uid == getuid() and not st.st_mode & 0o022)
+
+
+def _load(cc: str, key: str, openmp: bool) -> ctypes.CDLL | None:
+    """The cached build if it is private, else a fresh one (in a private temporary folder
+    when the cache folder is not private)."""
+    folder = cache_dir()
+    so = folder / f"hashgrid_cpu_{key}{'_omp' if openmp else ''}.so"
+    if so.is_file() and _private(so) and _private(folder):
+        return ctypes.CDLL(str(so))
+    with contextlib.suppress(OSError):  # unwritable: not private either, built elsewhere
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _private(folder):
+        log.info("encoder: %s is not private; building the hash-grid kernels elsewhere", folder)
+        so = Path(tempfile.mkdtemp(prefix="neurecon-kernels-")) / so.name
+    return ctypes.CDLL(str(so)) if _build(cc, so, openmp) else None
 
 
 @functools.cache
@@ -91,13 +126,13 @@ def library() -> ctypes.CDLL | None:
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     for openmp in (True, False):  # without OpenMP (Apple's clang): one thread, still fused
-        so = cache_dir() / f"hashgrid_cpu_{key}{'_omp' if openmp else ''}.so"
         try:
-            if so.is_file() or _build(cc, so, openmp):
-                lib = ctypes.CDLL(str(so))
-                break
-        except OSError as e:  # an unwritable cache folder, a library that will not load
-            log.debug("hash-grid kernels at %s: %s", so, e)
+            lib = _load(cc, key, openmp)
+        except OSError as e:  # a library that will not load
+            log.debug("hash-grid kernels (openmp=%s): %s", openmp, e)
+            lib = None
+        if lib is not None:
+            break
     else:
         log.warning(
             "encoder: could not build the hash grid's C kernels with %s (%s); using PyTorch ops",
