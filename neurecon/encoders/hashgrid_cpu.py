@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 # -ffp-contract=off: no fused multiply-adds, so positions round as the PyTorch backend's do.
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
-_FUNCS = ("hg_encode", "hg_table_grad", "hg_input_grad")
+# The kernels and their pointer arguments (u, tensors, the 4 level constants); then n_dense,
+# N, L, F (int64) and the thread count (int), as in hashgrid_cpu.c.
+_FUNCS = {"hg_encode": 8, "hg_table_grad": 10, "hg_input_grad": 8}
 
 
 def cache_dir() -> Path:
@@ -140,9 +142,8 @@ def library() -> ctypes.CDLL | None:
         )  # fmt: skip
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for name in _FUNCS:
+    for name, n_ptr in _FUNCS.items():
         fn = getattr(lib, name)
-        n_ptr = 10 if name == "hg_table_grad" else 8
         fn.argtypes = [ptr] * n_ptr + [i64] * 4 + [ctypes.c_int]
         fn.restype = None
     return lib
