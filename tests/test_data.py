@@ -1,13 +1,16 @@
+import inspect
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from conftest import compose_cfg
+from hydra.utils import instantiate
 
 from neurecon.data import DatasetError, NeuSScene, SyntheticScene
 from neurecon.data.cameras import compose_projection, look_at
-from neurecon.data.synthetic import SHAPES
+from neurecon.data.synthetic import SHAPES, TEXTURES
 from neurecon.metrics import point_mesh_distance
 
 SCALE = np.array([[2.0, 0, 0, 5.0], [0, 2.0, 0, -1.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]])
@@ -178,3 +181,15 @@ def test_the_mug_has_a_handle_a_cavity_and_grooves():
     wall = torch.tensor([[0.33, 0.0, -0.05 + z] for z in (-0.12, 0.1, 0.0)])  # z0 = -0.05
     d = f(wall)
     assert d[0] > 0 and d[1] > 0 and d[2] < 0  # grooves at two heights, wall between them
+
+
+def test_the_synthetic_config_lists_every_scene_argument():
+    """Every argument of the built-in scene can be set on the command line without a ``+``."""
+    cfg = compose_cfg(["dataset.texture=noise", "dataset.orbit_elevation_deg=30"])
+    keys = set(cfg.dataset) - {"_target_"}
+    assert keys == set(inspect.signature(SyntheticScene).parameters)
+    scene = instantiate(cfg.dataset, resolution=8, num_views=4)
+    assert scene.albedo is TEXTURES["noise"]
+    centres = np.asarray(scene.c2w[:, :3, 3], dtype=np.float64)  # normalised frame: about 0
+    elevation = np.degrees(np.arcsin(centres[:, 2] / np.linalg.norm(centres, axis=1)))
+    np.testing.assert_allclose(elevation, 30.0, atol=1e-3)

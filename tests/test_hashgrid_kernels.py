@@ -183,10 +183,12 @@ def test_the_kernels_are_built_once_into_the_cache_folder(tmp_path, monkeypatch)
     if hashgrid_cpu._compiler() is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("NEURECON_CACHE", str(tmp_path))
+    stale = tmp_path / "hashgrid_cpu_0123456789abcdef_omp.so"  # an earlier source's build
+    stale.write_bytes(b"")
     hashgrid_cpu.library.cache_clear()
     try:
         assert hashgrid_cpu.library() is not None
-        (so,) = tmp_path.glob("hashgrid_cpu_*.so")
+        (so,) = tmp_path.glob("hashgrid_cpu_*.so")  # the stale build is gone
         built = so.stat().st_mtime_ns
         hashgrid_cpu.library.cache_clear()
         assert hashgrid_cpu.library() is not None
@@ -203,6 +205,9 @@ def test_a_cached_library_others_could_write_is_not_loaded(tmp_path, monkeypatch
         pytest.skip("no C compiler, or no file owners on this OS")
     cache = tmp_path / "cache"
     monkeypatch.setenv("NEURECON_CACHE", str(cache))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the private build goes
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(hashgrid_cpu.tempfile, "tempdir", None)  # re-read TMPDIR
     hashgrid_cpu.library.cache_clear()
     try:
         (so,) = [Path(hashgrid_cpu.library()._name)]
@@ -215,7 +220,8 @@ def test_a_cached_library_others_could_write_is_not_loaded(tmp_path, monkeypatch
         cache.chmod(0o777)  # a shared folder: its files are not trusted either
         hashgrid_cpu.library.cache_clear()
         lib = hashgrid_cpu.library()
-        assert lib is not None and Path(lib._name).parent != cache
+        assert lib is not None and Path(lib._name).parent.parent == tmp_path / "tmp"
+        assert not list((tmp_path / "tmp").iterdir())  # removed once loaded
         _, fast = _pair("cpu")  # and the kernels built elsewhere work
         assert torch.isfinite(fast(torch.rand(10, 3))).all()
     finally:

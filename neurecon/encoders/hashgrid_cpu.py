@@ -112,8 +112,19 @@ def _load(cc: str, key: str, openmp: bool) -> ctypes.CDLL | None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _private(folder):
         log.info("encoder: %s is not private; building the hash-grid kernels elsewhere", folder)
-        so = Path(tempfile.mkdtemp(prefix="neurecon-kernels-")) / so.name
-    return ctypes.CDLL(str(so)) if _build(cc, so, openmp) else None
+        tmp = Path(tempfile.mkdtemp(prefix="neurecon-kernels-"))
+        try:
+            # Loaded libraries stay mapped after their file is gone, so nothing is left behind.
+            return ctypes.CDLL(str(tmp / so.name)) if _build(cc, tmp / so.name, openmp) else None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _build(cc, so, openmp):
+        return None
+    for old in folder.glob("hashgrid_cpu_*.so"):  # builds of earlier sources or flags
+        if old.name != so.name and not old.name.startswith(f"hashgrid_cpu_{key}"):
+            with contextlib.suppress(OSError):  # a process that loaded it keeps its mapping
+                old.unlink()
+    return ctypes.CDLL(str(so))
 
 
 @functools.cache
