@@ -16,8 +16,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over.
+    The file gets ``mode``, else read-write for whom the umask allows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -27,7 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
+        # mkstemp makes 0600; results are for sharing
+        os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from neurecon.encoders.hashgrid_ops import Levels
 from neurecon.encoders.hashgrid_ops import hash_encode as _autograd_encode
+from neurecon.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,21 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str, out: Path, openmp: bool) -> bool:
-    """Compile the source into ``out`` atomically (a temporary file, then a rename), so that
+    """Compile the source into ``out`` atomically (:func:`neurecon.io.atomic_write`), so that
     concurrent runs (a sweep's workers) never load half a library."""
-    try:
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    except OSError as e:  # an unwritable cache folder
-        log.debug("hash-grid kernels: cannot write to %s: %s", out.parent, e)
-        return False
-    os.close(fd)
-    cmd = [cc, *FLAGS, *(["-fopenmp"] if openmp else []), "-o", tmp, str(SOURCE)]
-    try:
+
+    def compile_to(tmp: Path) -> None:
+        cmd = [cc, *FLAGS, *(["-fopenmp"] if openmp else []), "-o", str(tmp), str(SOURCE)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            log.debug("%s failed:\n%s", " ".join(cmd), done.stderr)
-            return False
-        os.chmod(tmp, 0o755)  # whatever the umask: a group-writable build would not be loaded
-        os.replace(tmp, out)
+            raise subprocess.SubprocessError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+
+    try:  # 0755 whatever the umask: a group-writable build would not be loaded
+        atomic_write(out, compile_to, mode=0o755)
         return True
-    except (OSError, subprocess.SubprocessError) as e:
-        log.debug("%s failed: %s", " ".join(cmd), e)
+    except (OSError, subprocess.SubprocessError) as e:  # an unwritable folder, a failed build
+        log.debug("hash-grid kernels: building %s failed: %s", out, e)
         return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _private(path: Path) -> bool:
@@ -121,7 +115,7 @@ def _load(cc: str, key: str, openmp: bool) -> ctypes.CDLL | None:
     if not _build(cc, so, openmp):
         return None
     for old in folder.glob("hashgrid_cpu_*.so"):  # builds of earlier sources or flags
-        if old.name != so.name and not old.name.startswith(f"hashgrid_cpu_{key}"):
+        if not old.name.startswith(f"hashgrid_cpu_{key}"):  # keeps this one and its twin
             with contextlib.suppress(OSError):  # a process that loaded it keeps its mapping
                 old.unlink()
     return ctypes.CDLL(str(so))
