@@ -1,5 +1,7 @@
 """neurecon.data.pack: a JPEG copy of a NeuS-format scene that loads as the original does."""
 
+import shutil
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -62,6 +64,7 @@ def test_pack_never_replaces_a_folder_and_leaves_nothing_half_written(tmp_path):
         ("no_cameras", r"no camera file \(\*.npz"),
         ("no_images", r"image folder .* holds no images"),
         ("quality", r"JPEG quality must be in 1..100, got 0"),
+        ("no_folder", r"scene folder .*src does not exist"),
     ],
 )
 def test_pack_rejects_bad_input_by_name(tmp_path, case, message):
@@ -72,6 +75,8 @@ def test_pack_rejects_bad_input_by_name(tmp_path, case, message):
         iio.imwrite(src / "image" / "000000.png", np.zeros((24, 32, 4), np.uint8))
     elif case == "no_cameras":
         (src / "cameras_sphere.npz").unlink()
+    elif case == "no_folder":
+        shutil.rmtree(src)
     elif case == "no_images":
         for p in (src / "image").iterdir():
             p.unlink()

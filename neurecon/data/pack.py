@@ -56,6 +56,8 @@ def pack_scene(
     src, dst = Path(src), Path(dst)
     if not 1 <= quality <= 100:
         raise DatasetError(f"JPEG quality must be in 1..100, got {quality}")
+    if not src.is_dir():
+        raise DatasetError(f"scene folder {src} does not exist")
     cameras = sorted(src.glob("*.npz"))
     if not cameras:
         raise DatasetError(f"{src}: no camera file (*.npz, e.g. cameras_sphere.npz)")
