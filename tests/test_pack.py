@@ -1,5 +1,6 @@
 """neurecon.data.pack: a JPEG copy of a NeuS-format scene that loads as the original does."""
 
+import os
 import shutil
 
 import imageio.v3 as iio
@@ -24,6 +25,9 @@ def test_packed_scene_loads_like_the_original(tmp_path):
     write_neus_scene(src)
     _smooth_images(src)
     assert main([str(src), str(dst), "--quality", "95"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     assert sorted(p.name for p in (dst / "image").iterdir()) == [f"{i:06d}.jpg" for i in range(4)]
     a, b = NeuSScene(str(src), test_every=0), NeuSScene(str(dst), test_every=0)
     assert np.array_equal(a.K.numpy(), b.K.numpy()) and np.array_equal(a.c2w.numpy(), b.c2w.numpy())

@@ -14,6 +14,7 @@ an interrupted pack leaves no half scene; an existing ``DST`` is never replaced.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import numpy as np
 
 from neurecon.data.io import list_images
 from neurecon.errors import DatasetError, NeuReconError
+from neurecon.io import _umask
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -74,6 +76,7 @@ def pack_scene(
             shutil.copytree(src / mask_dir, tmp / mask_dir)
         for cam in cameras:
             shutil.copy2(cam, tmp / cam.name)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a scan is for sharing
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
