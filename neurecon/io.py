@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
@@ -29,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | No
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         # mkstemp makes 0600; results are for sharing
-        os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
+        os.chmod(tmp_path, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

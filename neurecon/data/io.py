@@ -23,7 +23,8 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """An image file's pixels as stored (any dtype, 2 or 3 dims); errors name the file."""
     try:
         img = iio.imread(path)
     except Exception as e:  # imageio raises many types for undecodable files
@@ -60,7 +61,7 @@ def downscale_image(img: np.ndarray, factor: int) -> np.ndarray:
 
 def load_rgb(path: Path, downscale: int = 1) -> np.ndarray:
     """(H, W, 3) uint8 RGB; grayscale is repeated, an alpha channel is dropped."""
-    img = _to_uint8(_read(path), path)
+    img = _to_uint8(read_image(path), path)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     elif img.shape[-1] == 4:
@@ -74,7 +75,7 @@ def load_rgb(path: Path, downscale: int = 1) -> np.ndarray:
 
 def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
     """(H, W) uint8 mask in {0, 255}; multi-channel masks (DTU stores 3) use the first channel."""
-    m = _to_uint8(_read(path), path)
+    m = _to_uint8(read_image(path), path)
     if m.ndim == 3:
         m = m[..., 0]
     m = downscale_image(m, int(downscale))
@@ -83,7 +84,7 @@ def load_mask(path: Path, downscale: int = 1) -> np.ndarray:
 
 def load_rgba(path: Path, downscale: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, 3) uint8 RGB and (H, W) uint8 alpha (None when the file has no alpha)."""
-    img = _to_uint8(_read(path), path)
+    img = _to_uint8(read_image(path), path)
     if img.ndim == 3 and img.shape[-1] == 4:
         img = downscale_image(img, int(downscale))
         return img[..., :3], img[..., 3]

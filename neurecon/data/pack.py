@@ -23,18 +23,15 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from neurecon.data.io import list_images
+from neurecon.data.io import list_images, read_image
 from neurecon.errors import DatasetError, NeuReconError
-from neurecon.io import _umask
+from neurecon.io import umask
 
 
 def _rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 pixels of an image file; grey is widened, alpha is refused (JPEG has
     none, and dropping it would change what the loader composites)."""
-    try:
-        img = iio.imread(path)
-    except Exception as e:  # imageio raises many types for undecodable files
-        raise DatasetError(f"{path}: cannot decode image ({e})") from None
+    img = read_image(path)  # the loader's reader: an undecodable file is named
     if img.dtype != np.uint8:
         raise DatasetError(f"{path}: {img.dtype} pixels; packing keeps 8-bit images only")
     if img.ndim == 2:
@@ -76,7 +73,7 @@ def pack_scene(
             shutil.copytree(src / mask_dir, tmp / mask_dir)
         for cam in cameras:
             shutil.copy2(cam, tmp / cam.name)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a scan is for sharing
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a scan is for sharing
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
