@@ -14,18 +14,28 @@ come through here.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import inspect
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.basecontainer import BaseContainer
 
 from neurecon.errors import NeuReconError
 
 # Classes from outside neurecon that a saved config may name (exact dotted paths).
 EXTRA_TARGETS: frozenset[str] = frozenset({"torch.optim.Adam", "torch.optim.AdamW"})
 
+# OmegaConf's own resolvers that a saved config may use. ``oc.env`` is left out: a run folder
+# must not be shaped by the reader's environment (nor copy its secrets into paths and names).
+RESOLVERS: frozenset[str] = frozenset(
+    {"oc.select", "oc.decode", "oc.create", "oc.deprecated", "oc.dict.keys", "oc.dict.values"}
+)
 
 # Keys renamed since earlier releases (old → new), so older run folders still load.
 RENAMED_KEYS: dict[str, str] = {
@@ -39,79 +49,177 @@ class UntrustedConfigError(NeuReconError):
     """A saved config names a ``_target_`` outside the allow-list; nothing was called."""
 
 
-def _targets(node: Any, path: str = "") -> list[tuple[str, Any]]:
-    """Every ``_target_`` value in a (resolved) container, with its dotted key."""
-    found: list[tuple[str, Any]] = []
+def _targets(node: Any, path: str = "") -> list[tuple[str, dict]]:
+    """Every node holding a ``_target_`` in a resolved container, with its dotted key."""
+    found: list[tuple[str, dict]] = []
     if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((path, node))
         for k, v in node.items():
-            key = f"{path}.{k}" if path else str(k)
-            if k == "_target_":
-                found.append((key, v))
-            else:
-                found += _targets(v, key)
+            found += _targets(v, f"{path}.{k}" if path else str(k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
             found += _targets(v, f"{path}[{i}]")
     return found
 
 
-def _allowed(target: Any) -> bool:
-    """True when ``target`` names a class defined in neurecon, or one of EXTRA_TARGETS.
+def _strings(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every (key, value) leaf and every dict key, for the no-interpolation check."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{path}.{k}" if path else str(k)
+            out.append((key, k))
+            out += _strings(v, key)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _strings(v, f"{path}[{i}]")
+    else:
+        out.append((path, node))
+    return out
+
+
+def target_class(target: Any) -> type | None:
+    """The class ``target`` names when it is allowed (a public class defined in neurecon, or
+    one of EXTRA_TARGETS), else None.
 
     The module is imported only when the name starts with ``neurecon.`` (our own code), and the
     object must be a class *defined* in a neurecon module: Hydra resolves a dotted path by
     attribute access, so ``neurecon.data.io.np.load`` would otherwise reach numpy through a
-    module attribute.
+    module attribute. Private names (``_Unpickler``) are never targets.
     """
-    if not isinstance(target, str):
-        return False
-    if target in EXTRA_TARGETS:
-        return True
-    if not target.startswith("neurecon."):
-        return False
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+", target):
+        return None
     module_name, _, attr = target.rpartition(".")
+    if target not in EXTRA_TARGETS and (
+        not target.startswith("neurecon.") or any(p.startswith("_") for p in target.split("."))
+    ):
+        return None
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError):
-        return False
-    return inspect.isclass(obj) and obj.__module__.split(".")[0] == "neurecon"
+        return None
+    if not inspect.isclass(obj):
+        return None
+    if target in EXTRA_TARGETS or obj.__module__.split(".")[0] == "neurecon":
+        return obj
+    return None
 
 
-def check_targets(cfg: DictConfig | ListConfig, source: str | Path) -> None:
-    """Raise :class:`UntrustedConfigError` naming the first ``_target_`` not allowed.
+def _allowed(target: Any) -> bool:
+    return target_class(target) is not None
 
-    Interpolations are resolved first, so a target cannot hide behind ``${...}``.
-    """
+
+@contextlib.contextmanager
+def _only_resolvers(names: frozenset[str]) -> Iterator[None]:
+    """Resolve with OmegaConf's own resolvers alone: any other (custom, registered by some
+    imported library, or unknown) fails as unsupported instead of running."""
+    saved = BaseContainer._resolvers
+    BaseContainer._resolvers = {k: v for k, v in saved.items() if k in names}
     try:
-        container = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # an interpolation that does not resolve: refuse, do not guess
-        raise UntrustedConfigError(f"{source}: cannot resolve the saved config ({e})") from None
-    for key, target in _targets(container):
-        if not _allowed(target):
+        yield
+    finally:
+        BaseContainer._resolvers = saved
+
+
+def _rename_legacy(cfg: DictConfig) -> None:
+    for old, new in RENAMED_KEYS.items():
+        group, key = old.split(".")
+        node = cfg._get_node(group) if group in cfg else None
+        new_key = new.split(".")[1]
+        if isinstance(node, DictConfig) and key in node and new_key not in node:
+            raw = node._get_node(key)  # moved as written, interpolation and all
+            node[new_key] = raw._value() if raw is not None else None
+            del node[key]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_node(key: str, node: dict, source: Any, run_dir: Path | None) -> None:
+    cls = target_class(node["_target_"])
+    if cls is None:
+        raise UntrustedConfigError(
+            f"{source}: refusing {key + '.' if key else ''}_target_={node['_target_']!r}: a saved "
+            "config may only name neurecon's own classes (untrusted run folder; nothing was run)"
+        )
+    if "_args_" in node and not isinstance(node["_args_"], list):
+        raise UntrustedConfigError(f"{source}: refusing {key}._args_: not a list")
+    if "_partial_" in node and not isinstance(node["_partial_"], bool):
+        raise UntrustedConfigError(f"{source}: refusing {key}._partial_: not true/false")
+    # A class that writes where its arguments say (a logger's out_dir/filename) must not be
+    # pointed outside the run folder: an allowed class must not become a file-writing gadget.
+    outputs = getattr(cls, "output_paths", ())
+    if outputs and (node.get("_args_") or node.get("_partial_")):
+        raise UntrustedConfigError(
+            f"{source}: refusing {key}: {node['_target_']} writes files; its paths must be named"
+        )
+    parts = [str(node[p]) for p in outputs if node.get(p) is not None]
+    root = (run_dir or Path.cwd()).resolve()
+    # each on its own too: a filename is joined to whatever out_dir the caller passes
+    for dest in [root.joinpath(*parts).resolve()] + [root.joinpath(p).resolve() for p in parts]:
+        if not _inside(dest, root):
             raise UntrustedConfigError(
-                f"{source}: refusing {key}={target!r}: a saved config may only name "
-                "neurecon's own classes (untrusted run folder; nothing was run)"
+                f"{source}: refusing {key}: it would write to {dest}, outside the run folder {root}"
             )
 
 
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """``RUN/.hydra/config.yaml``, checked against the allow-list (see module docstring)."""
-    cfg_file = Path(run_dir) / ".hydra" / "config.yaml"
-    if not cfg_file.is_file():
-        raise NeuReconError(f"{cfg_file} is missing")
+def resolve_untrusted(
+    cfg: DictConfig | ListConfig, source: str | Path, run_dir: str | Path | None = None
+) -> DictConfig | ListConfig:
+    """The one tree that will be built from an untrusted ``cfg``, checked as built.
+
+    Resolved once, on a copy, with only :data:`RESOLVERS`; every ``_target_`` (also inside
+    ``_args_`` and nested nodes) allowed, ``_args_`` a list, ``_partial_`` a boolean, a writing
+    class's paths inside ``run_dir``; and no ``${`` left anywhere, so nothing is resolved a
+    second time when the tree is built. Raises :class:`UntrustedConfigError` otherwise.
+    """
     try:
-        cfg = OmegaConf.load(cfg_file)  # YAML safe-loading: data only
+        with _only_resolvers(RESOLVERS):
+            container = OmegaConf.to_container(copy.deepcopy(cfg), resolve=True)
+    except Exception as e:  # an unknown resolver, a loop, a missing key: refuse, do not guess
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UntrustedConfigError(f"{source}: cannot resolve the saved config ({msg})") from None
+    for key, value in _strings(container):
+        if isinstance(value, str) and "${" in value:
+            raise UntrustedConfigError(
+                f"{source}: refusing {key}: an interpolation that resolves to another "
+                "interpolation (untrusted run folder; nothing was run)"
+            )
+    for key, node in _targets(container):
+        _check_node(key, node, source, Path(run_dir) if run_dir is not None else None)
+    return OmegaConf.create(container)
+
+
+def check_targets(cfg: DictConfig | ListConfig, source: str | Path) -> None:
+    """Raise :class:`UntrustedConfigError` naming the first ``_target_`` not allowed (see
+    :func:`resolve_untrusted`, which also returns the checked tree)."""
+    resolve_untrusted(cfg, source)
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """``RUN/.hydra/config.yaml`` as it will be built: legacy keys renamed first, then resolved
+    once and checked (:func:`resolve_untrusted`). Build from the returned tree only."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    if cfg_file.is_symlink() or not cfg_file.is_file():
+        raise NeuReconError(f"{cfg_file} is missing or not a regular file")
+    try:
+        cfg = OmegaConf.load(cfg_file)  # YAML safe-loading: data only, no python/* tags
     except Exception as e:
-        raise UntrustedConfigError(f"{cfg_file}: not a readable config ({e})") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UntrustedConfigError(f"{cfg_file}: not a readable config ({msg})") from None
     if not isinstance(cfg, DictConfig):
         raise UntrustedConfigError(f"{cfg_file}: not a mapping")
-    check_targets(cfg, cfg_file)
-    for old, new in RENAMED_KEYS.items():
-        group, key = old.split(".")
-        node = cfg.get(group)
-        if isinstance(node, DictConfig) and key in node and new.split(".")[1] not in node:
-            node[new.split(".")[1]] = node.pop(key)
-    return cfg
+    try:
+        _rename_legacy(cfg)
+    except Exception as e:
+        raise UntrustedConfigError(f"{cfg_file}: cannot rename legacy keys ({e})") from None
+    checked = resolve_untrusted(cfg, cfg_file, run_dir)
+    if not isinstance(checked, DictConfig):
+        raise UntrustedConfigError(f"{cfg_file}: not a mapping")
+    return checked
 
 
 def build_run(run_dir: str | Path, device: Any = None):

@@ -222,3 +222,56 @@ def test_a_run_folder_from_before_the_background_renames_still_loads(run_dir, tm
     assert loaded.dataset.background_color == cfg.dataset.background
     assert loaded.field.background_model == cfg.field.background
     assert build_run(run)[0].trainer is None
+
+
+def test_a_legacy_key_cannot_swap_the_target_after_the_check(run_dir, tmp_path, capsys):
+    """The issue's exploit: the check once saw ``oc.select``'s allowed fallback, then the legacy
+    rename moved ``numpy.savetxt`` under the selected key, and the build resolved it again and
+    wrote attacker text to an attacker path. Renamed first, resolved once, checked as built."""
+    marker = tmp_path / "MARKER.pth"
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.dataset.pop("background_color", None)
+    cfg.dataset["background"] = "numpy.savetxt"
+    cfg.encoder = OmegaConf.create(
+        {
+            "_target_": "${oc.select:dataset.background_color,neurecon.encoders.FrequencyEncoder}",
+            "_args_": [str(marker), ["import os"]],
+            "fmt": "%s",
+        }
+    )
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    capsys.readouterr()
+    assert evaluate.main([str(run), "--recompute"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not _ran(marker)
+    assert len(err) == 1 and "refusing encoder._target_='numpy.savetxt'" in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("node", "why"),
+    [
+        ({"_target_": "neurecon.log.loggers.CSVLogger", "filename": "../../evil.csv"}, "outside"),
+        ({"_target_": "neurecon.log.loggers.CSVLogger", "out_dir": "/"}, "outside"),
+        ({"_target_": "${oc.env:HOME}"}, "oc.env"),
+        ({"_target_": "neurecon.train.Trainer", "x": "\\${oc.env:HOME}"}, "another interpolation"),
+        ({"_target_": "neurecon.metrics.lpips._NumpyOnlyUnpickler"}, "refusing"),
+        ({"_target_": "neurecon.io.atomic_write"}, "refusing"),
+        ({"_target_": "neurecon.encoders.FrequencyEncoder", "_args_": "x"}, "not a list"),
+        ({"_target_": "neurecon.encoders.FrequencyEncoder", "_partial_": "yes"}, "true/false"),
+    ],
+)
+def test_gadgets_and_resolver_tricks_are_refused(tmp_path, node, why):
+    from neurecon.runs import resolve_untrusted
+
+    with pytest.raises(UntrustedConfigError, match=why):
+        resolve_untrusted(OmegaConf.create({"logger": node}), "cfg", tmp_path)
+
+
+def test_a_logger_writing_inside_the_run_folder_is_fine(tmp_path):
+    from neurecon.runs import resolve_untrusted
+
+    node = {"_target_": "neurecon.log.loggers.CSVLogger", "filename": "logs/log.csv"}
+    cfg = resolve_untrusted(OmegaConf.create({"logger": node}), "cfg", tmp_path)
+    assert cfg.logger.filename == "logs/log.csv"

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -41,6 +41,10 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 class NoneLogger:
     """Logs nothing (metrics.json and the text log are still written)."""
 
+    # The arguments naming where a logger writes: built from an untrusted run folder, they must
+    # stay inside it (neurecon.runs).
+    output_paths: ClassVar[tuple[str, ...]] = ("out_dir",)
+
     def __init__(self, out_dir: str | Path = ".", run_config: Mapping | None = None, **_: Any):
         self.out_dir = Path(out_dir)
 
@@ -67,6 +71,8 @@ class NoneLogger:
 
 class CSVLogger(NoneLogger):
     """``log.csv`` in the run dir, one ``step,key,value`` row per scalar (easy to pivot)."""
+
+    output_paths: ClassVar[tuple[str, ...]] = ("out_dir", "filename")
 
     def __init__(
         self,
@@ -238,6 +244,8 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 class AutoLogger:
     """``logger=auto`` (the default): wandb when it is installed, else csv."""
+
+    output_paths: ClassVar[tuple[str, ...]] = ("out_dir",)
 
     def __new__(cls, out_dir: str | Path = ".", run_config: Mapping | None = None, **kwargs: Any):
         try:
