@@ -28,7 +28,7 @@ from neurecon.eval.export import (
     turntable_video,
     write_mesh,
 )
-from neurecon.io import write_json
+from neurecon.io import check_inside, write_json, writes_inside
 
 log = logging.getLogger("neurecon.export")
 
@@ -85,42 +85,45 @@ def export_run(args: argparse.Namespace) -> dict:
     run, settings, step, ckpt = load_trained_run(args.run, device)
     settings.progress = not args.no_progress
     out = args.out or args.run / "export"
-    log.info("exporting %s (step %d, %s) on %s to %s", args.run, step, ckpt.name,
-             settings.device, out)  # fmt: skip
-    opts = MeshOptions(
-        resolution=args.resolution,
-        block=args.block,
-        colors=not args.no_colors,
-        keep_largest=args.keep_largest is not None,
-        min_component=args.keep_largest if (args.keep_largest or -1) > 0 else None,
-        cull_unseen=args.cull_unseen,
-        cull_masks=args.cull_masks,
-        mask_dilate=args.mask_dilate,
-    )
-    summary: dict = {"run": str(args.run), "checkpoint": ckpt.name, "step": step}
-    t0 = time.time()
-    with torch.no_grad():
-        mesh = export_mesh(run.scene, run.field, settings, opts)
-    path = write_mesh(mesh, out / f"mesh_{args.resolution}.{args.format}")
-    summary.update(mesh=path.name, vertices=len(mesh.vertices), faces=len(mesh.faces),
-                   mesh_time_s=round(time.time() - t0, 2))  # fmt: skip
-    log.info("mesh: %s (%d vertices, %d faces, %.1f s)", path, len(mesh.vertices),
-             len(mesh.faces), summary["mesh_time_s"])  # fmt: skip
-    if args.maps:
-        views = run.scene.test_ids.tolist()
-        depth_normal_maps(run.scene, run.field, run.renderer, views, settings, out)
-        summary["maps"] = {"depth": "depth/", "normal": "normal/", "views": views}
-        log.info("depth and normal maps of %d test views: %s/{depth,normal}/", len(views), out)
-    if args.video:
-        t1 = time.time()
-        video = turntable_video(
-            run.scene, run.field, run.renderer, mesh, settings, out / "turntable.mp4",
-            frames=args.frames, size=args.video_size, fps=args.fps,
-        )  # fmt: skip
-        summary.update(video=video.name, video_time_s=round(time.time() - t1, 2))
-        log.info("video: %s (%d frames, %.1f s)", video, args.frames, summary["video_time_s"])
-    write_json(out / "export.json", summary)
-    return summary
+    # Writes stay inside the run folder (or --out): a symlinked RUN/export is refused up front.
+    with writes_inside(args.run if args.out is None else args.out):
+        check_inside(out / "export.json")
+        log.info("exporting %s (step %d, %s) on %s to %s", args.run, step, ckpt.name,
+                 settings.device, out)  # fmt: skip
+        opts = MeshOptions(
+            resolution=args.resolution,
+            block=args.block,
+            colors=not args.no_colors,
+            keep_largest=args.keep_largest is not None,
+            min_component=args.keep_largest if (args.keep_largest or -1) > 0 else None,
+            cull_unseen=args.cull_unseen,
+            cull_masks=args.cull_masks,
+            mask_dilate=args.mask_dilate,
+        )
+        summary: dict = {"run": str(args.run), "checkpoint": ckpt.name, "step": step}
+        t0 = time.time()
+        with torch.no_grad():
+            mesh = export_mesh(run.scene, run.field, settings, opts)
+        path = write_mesh(mesh, out / f"mesh_{args.resolution}.{args.format}")
+        summary.update(mesh=path.name, vertices=len(mesh.vertices), faces=len(mesh.faces),
+                       mesh_time_s=round(time.time() - t0, 2))  # fmt: skip
+        log.info("mesh: %s (%d vertices, %d faces, %.1f s)", path, len(mesh.vertices),
+                 len(mesh.faces), summary["mesh_time_s"])  # fmt: skip
+        if args.maps:
+            views = run.scene.test_ids.tolist()
+            depth_normal_maps(run.scene, run.field, run.renderer, views, settings, out)
+            summary["maps"] = {"depth": "depth/", "normal": "normal/", "views": views}
+            log.info("depth and normal maps of %d test views: %s/{depth,normal}/", len(views), out)
+        if args.video:
+            t1 = time.time()
+            video = turntable_video(
+                run.scene, run.field, run.renderer, mesh, settings, out / "turntable.mp4",
+                frames=args.frames, size=args.video_size, fps=args.fps,
+            )  # fmt: skip
+            summary.update(video=video.name, video_time_s=round(time.time() - t1, 2))
+            log.info("video: %s (%d frames, %.1f s)", video, args.frames, summary["video_time_s"])
+        write_json(out / "export.json", summary)
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:

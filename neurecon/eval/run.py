@@ -19,7 +19,7 @@ from neurecon.eval.settings import EvalSettings
 from neurecon.eval.summary import run_summary
 from neurecon.eval.views import score_views
 from neurecon.geometry.picture import frame_from_cameras, mesh_picture
-from neurecon.io import write_json
+from neurecon.io import check_inside, write_json
 
 log = logging.getLogger(__name__)
 # mesh.png: the side the cameras saw, then 60° to either side, a little from above.
@@ -51,6 +51,8 @@ def evaluate_run(
     ``metrics`` and written to ``out/metrics.json``. A field without a usable surface turns the
     status into ``degenerate``. ``logger`` (optional) receives the mesh."""
     out = Path(out)
+    for name in ("test/view.png", "mesh.ply", "mesh.png", "metrics.json"):  # before any work
+        check_inside(out / name)
     metrics = dict(metrics or {"status": "completed", "scene": scene.name})
     t0 = time.time()
     field.to(settings.device)

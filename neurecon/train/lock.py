@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from neurecon.errors import NeuReconError
+from neurecon.io import writes_inside
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -38,12 +40,36 @@ class RunFolderLocked(NeuReconError):
 _held: dict[Path, list[Any]] = {}  # folder → [open lock file, depth] (re-entrancy)
 
 
+_NOT_A_RECORD: dict[str, Any] = {"pid": "?", "host": "?"}
+
+
 def _record(f) -> dict[str, Any]:
+    """The holder's record; :data:`_NOT_A_RECORD` when the file holds anything else."""
     f.seek(0)
     try:
-        return json.loads(f.read() or "{}")
-    except json.JSONDecodeError:
-        return {"pid": "?", "host": "?"}
+        rec = json.loads(f.read(4097) or "{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _NOT_A_RECORD
+    return rec if isinstance(rec, dict) and set(rec) <= {"pid", "host", "since"} else _NOT_A_RECORD
+
+
+def _open_lock(path: Path):
+    """The lock file, opened without following links and only if it is a lock file: a plain
+    file with one name and a lock record (or nothing) in it. A symlink, a hard link to someone's
+    file, a folder or a FIFO planted as ``RUN/.lock`` is refused, never truncated."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO must not hang the open
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:  # ELOOP: a symlink; EISDIR, ENXIO, EACCES...
+        raise NeuReconError(f"{path}: not a usable lock file ({e.strerror}); refusing") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise NeuReconError(
+            f"{path}: not a regular lock file (a link, a device or a hard link); refusing"
+        )
+    return os.fdopen(fd, "r+")
 
 
 def acquire(folder: str | Path) -> None:
@@ -53,7 +79,7 @@ def acquire(folder: str | Path) -> None:
         _held[folder][1] += 1
         return
     folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / LOCK_NAME, "a+")  # noqa: SIM115  (held open for the run's lifetime)
+    f = _open_lock(folder / LOCK_NAME)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -64,6 +90,11 @@ def acquire(folder: str | Path) -> None:
             f"since {rec.get('since', '?')}); wait for it to finish or stop it first"
         ) from None
     old = _record(f)
+    if old is _NOT_A_RECORD:  # someone's own file, not a lock: never truncate it
+        f.close()
+        raise NeuReconError(
+            f"{folder / LOCK_NAME}: holds something other than a lock record; refusing"
+        )
     if old.get("pid") not in (None, os.getpid()):
         log.warning(
             "%s: taking over a stale lock left by pid %s on %s (that run was killed)",
@@ -99,9 +130,12 @@ def release(folder: str | Path) -> None:
 
 @contextmanager
 def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the folder's lock; writes into it must stay inside it meanwhile
+    (:func:`neurecon.io.writes_inside`)."""
     acquire(folder)
     try:
-        yield
+        with writes_inside(folder):
+            yield
     finally:
         release(folder)
 
@@ -123,7 +157,7 @@ class RunLockCallback(Callback):
         self.folder = Path(str(config.hydra.run.dir))
         try:
             acquire(self.folder)
-        except RunFolderLocked as e:
+        except NeuReconError as e:  # locked, or a planted lock file
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 
