@@ -227,3 +227,85 @@ def test_a_cached_library_others_could_write_is_not_loaded(tmp_path, monkeypatch
     finally:
         cache.chmod(0o755)
         hashgrid_cpu.library.cache_clear()
+
+
+HOSTILE_U = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3e38, 1.0, 0.0, -0.0, 0.5]
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_nan_inf_and_huge_positions_stay_inside_the_table(backend):
+    """Positions straight into each backend's primitives, past the encoder's clamp: a NaN, ±inf
+    or huge coordinate is sanitised inside (NaN → 0, the rest clamped to [0, 1]), so the
+    encoding equals the reference on the sanitised points and the table's gradient lands in
+    range. (Before, ``(int64_t)NaN % size`` was a negative row: an out-of-bounds write.)"""
+    from neurecon.encoders import hashgrid_triton
+    from neurecon.encoders.hashgrid_ops import safe_unit
+
+    ref = _pair("torch")[0] if backend == "torch" else _pair(backend)[0]
+    vals = torch.tensor(HOSTILE_U)
+    u = torch.cartesian_prod(vals, vals, vals).to(DEVICE)  # (1000, 3), every mix of axes
+    lv = ref.levels()
+
+    def torch_encode(u, table):
+        c = TorchCorners(u, lv)
+        return hash_encode(u, c.gather(table), c)
+
+    encode = {"torch": torch_encode,
+              "triton": lambda u, t: hashgrid_triton.hash_encode(u, t, lv),
+              "cpu": lambda u, t: hashgrid_cpu.hash_encode(u, t, lv)}[backend]  # fmt: skip
+    table = ref.embeddings.detach().clone().requires_grad_(True)
+    out = encode(u, table)
+    out.square().sum().backward()
+    want_t = ref.embeddings.detach().clone().requires_grad_(True)
+    want = torch_encode(safe_unit(u), want_t)
+    want.square().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(table.grad).all()
+    torch.testing.assert_close(out, want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(table.grad, want_t.grad, rtol=1e-4, atol=1e-4)
+
+
+def _sanitizer_runtime() -> list[str] | None:
+    """The compiler's ASan and UBSan runtimes (to preload into Python), or None."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    libs = []
+    for name in ("libasan.so", "libubsan.so"):
+        out = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
+        path = out.stdout.strip()
+        if out.returncode != 0 or not os.path.isabs(path) or not os.path.exists(path):
+            return None
+        libs.append(path)
+    return libs
+
+
+def test_the_kernel_table_runs_clean_under_address_and_undefined_sanitizers(tmp_path):
+    """The C kernels built with -fsanitize=address,undefined, and this file's equivalence table
+    plus the hostile-position test run against them in a child process (ASan preloaded)."""
+    import subprocess
+    import sys
+
+    libs = _sanitizer_runtime()
+    if libs is None:
+        pytest.skip("the C compiler has no AddressSanitizer/UBSan runtime")
+    env = {
+        **os.environ,
+        "NEURECON_CFLAGS": "-fsanitize=address,undefined -fno-sanitize-recover=all -g",
+        "NEURECON_CACHE": str(tmp_path / "cache"),
+        "LD_PRELOAD": " ".join(libs),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:halt_on_error=1",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+         "-k", "cpu and (match_torch or stay_inside or no_points)", "-o", "addopts="],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    tail = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 0, tail
+    assert "AddressSanitizer" not in tail and "runtime error" not in tail, tail
+    assert list((tmp_path / "cache").glob("hashgrid_cpu_*.so")), "no sanitized build was made"
+    assert " passed" in done.stdout and "skipped" not in done.stdout, tail  # the table ran

@@ -27,8 +27,12 @@ static inline void cell(const float *p, const levels_t *lv, int64_t l, int64_t i
     const float s = lv->scale[l];
     int64_t b[3];
     for (int a = 0; a < 3; a++) {
+        /* Sanitised here, so that no caller can forget: NaN fails both comparisons and becomes
+         * 0, +-inf and huge values clamp to [0, 1]. (int64_t)NaN is INT64_MIN, and % of it is a
+         * negative row: a diverging run's NaN positions reach the kernels before its guard. */
+        const float v = (p[a] > 0.0f) ? (p[a] < 1.0f ? p[a] : 1.0f) : 0.0f;
         /* as torch: u * scale + 0.5 in float32, two roundings (no FMA: -ffp-contract=off) */
-        float pos = p[a] * s;
+        float pos = v * s;
         pos = pos + 0.5f;
         float fl = floorf(pos);
         b[a] = (int64_t)fl;

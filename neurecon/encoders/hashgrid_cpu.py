@@ -26,6 +26,7 @@ import functools
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sysconfig
@@ -43,7 +44,15 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 # -ffp-contract=off: no fused multiply-adds, so positions round as the PyTorch backend's do.
-FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
+# $NEURECON_CFLAGS adds flags (e.g. "-fsanitize=address,undefined -g" to check the kernels'
+# memory safety, as tests/test_hashgrid_kernels.py does); a build is cached per flag set.
+FLAGS = [
+    "-O3",
+    "-ffp-contract=off",
+    "-fPIC",
+    "-shared",
+    *shlex.split(os.environ.get("NEURECON_CFLAGS", "")),
+]
 # The kernels and their pointer arguments (u, tensors, the 4 level constants); then n_dense,
 # N, L, F (int64) and the thread count (int), as in hashgrid_cpu.c.
 _FUNCS = {"hg_encode": 8, "hg_table_grad": 10, "hg_input_grad": 8}

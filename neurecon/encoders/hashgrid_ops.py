@@ -38,6 +38,13 @@ from torch import Tensor
 PRIMES = (1, 2654435761, 805459861)  # tiny-cuda-nn's spatial hash, per axis
 
 
+def safe_unit(u: Tensor) -> Tensor:
+    """``u`` (N, 3) with NaN → 0 and everything clamped to [0, 1] (±inf, huge values), as the
+    C and Triton kernels do inside: a NaN position must never become a table index (a diverging
+    run produces them before the NaN guard acts). Identity on finite points in [0, 1]."""
+    return torch.nan_to_num(u, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Levels:
     """Per-level grid constants, (L,) tensors on the encoder's device."""
@@ -79,6 +86,7 @@ class TorchCorners:
         L, N = lv.scale.shape[0], u.shape[0]
         self.shape = (L, N, lv.n_features)  # (levels, points, features), every backend
         # track_input: the weights stay differentiable in u, for plain autograd (the reference)
+        u = safe_unit(u)  # every backend sanitises its positions the same way
         pos = (u if track_input else u.detach())[None] * lv.scale[:, None, None] + 0.5
         base = pos.floor()
         frac = pos - base

@@ -59,11 +59,18 @@ if triton is not None:
         return scale, res, size, offset, dense
 
     @triton.jit
+    def _unit(x):
+        """NaN → 0, then clamped to [0, 1] (±inf, huge values): as hashgrid_ops.safe_unit.
+        A NaN cast to int64 would index outside the table."""
+        x = tl.where(x == x, x, 0.0)
+        return tl.minimum(tl.maximum(x, 0.0), 1.0)
+
+    @triton.jit
     def _cell(u_ptr, n, mask, scale):
         """Grid position of points ``n`` at one level: integer base corner and fraction."""
-        px = tl.load(u_ptr + n * 3 + 0, mask=mask, other=0.0) * scale + 0.5
-        py = tl.load(u_ptr + n * 3 + 1, mask=mask, other=0.0) * scale + 0.5
-        pz = tl.load(u_ptr + n * 3 + 2, mask=mask, other=0.0) * scale + 0.5
+        px = _unit(tl.load(u_ptr + n * 3 + 0, mask=mask, other=0.0)) * scale + 0.5
+        py = _unit(tl.load(u_ptr + n * 3 + 1, mask=mask, other=0.0)) * scale + 0.5
+        pz = _unit(tl.load(u_ptr + n * 3 + 2, mask=mask, other=0.0)) * scale + 0.5
         fx, fy, fz = tl.floor(px), tl.floor(py), tl.floor(pz)
         bx, by, bz = fx.to(tl.int64), fy.to(tl.int64), fz.to(tl.int64)
         return bx, by, bz, px - fx, py - fy, pz - fz
