@@ -13,13 +13,14 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from neurecon.cluster import SlurmJob, deadline_on_signal
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, NeuReconError
 from neurecon.optim import OptimizerFactory
+from neurecon.storage import refuse_saved_password
 from neurecon.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def build(
     """Instantiate dataset, encoder, field, renderer, optimizer and (for training) the trainer
     from ``cfg`` (``trainer_overrides``: extra ``Trainer`` arguments). Tools that only evaluate
     pass ``with_trainer=False``."""
+    # The one storage URL a run's own config may carry: never with its password (it is saved).
+    raw_pruning = OmegaConf.to_container(cfg.trainer, resolve=False).get("pruning")
+    if isinstance(raw_pruning, dict):
+        refuse_saved_password(raw_pruning.get("storage"), "trainer.pruning.storage")
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
@@ -90,7 +95,6 @@ def build(
 def make_logger(cfg: DictConfig, out_dir: str | Path):
     """The configured logger for a run in ``out_dir``; in a Hydra multirun the W&B group is
     the sweep's name and the swept keys are copied to the top of the W&B config."""
-    from omegaconf import OmegaConf
 
     kwargs: dict[str, Any] = {
         "out_dir": out_dir,

@@ -18,23 +18,48 @@ URL through :data:`TRIAL_STORAGE_ENV`, not through their config.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from neurecon.errors import ConfigError
 
 TRIAL_STORAGE_ENV = "NEURECON_TRIAL_STORAGE"  # set by the sweeper for its trials
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 
-def redact(text: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db`` (any text)."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", text)
+def _url(spec: Any) -> Any:
+    """The SQLAlchemy URL ``spec`` parses to, or None (a journal path, anything else)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not isinstance(spec, str) or "://" not in spec:
+        return None
+    try:
+        return make_url(spec)
+    except (ArgumentError, ValueError):
+        return None
 
 
-def has_password(url: Any) -> bool:
-    return isinstance(url, str) and bool(_PASSWORD.search(url))
+def redact(spec: Any) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``, by SQLAlchemy's
+    own URL parser (percent-encoded and odd passwords included); other specs unchanged."""
+    url = _url(spec)
+    return str(spec) if url is None else url.render_as_string(hide_password=True)
+
+
+def has_password(spec: Any) -> bool:
+    url = _url(spec)
+    return url is not None and url.password is not None
+
+
+def refuse_saved_password(raw: Any, key: str) -> None:
+    """Raise :class:`ConfigError` when a config value ``key`` (unresolved: what Hydra saves to
+    ``.hydra/*.yaml``) holds a storage URL with a password, naming it redacted."""
+    if has_password(raw):
+        raise ConfigError(
+            f"{key}={redact(raw)}: a password here would be written to .hydra/*.yaml and "
+            "multirun.yaml. Leave it out and set PGPASSWORD (or ~/.pgpass), or export "
+            f"NEURECON_STORAGE=<url> and pass {key}='${{oc.env:NEURECON_STORAGE}}'"
+        )
 
 
 def is_journal(spec: str) -> bool:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,31 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path):
     assert "no metrics.json (unfinished run?)" in res.stderr
     res = _evaluate(tmp_path / "missing")
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+HOSTILE_NAME = "x\\input{/etc/passwd}$^~{}&%_#|y\nz"
+
+
+def test_names_from_foreign_metrics_are_escaped_in_latex_and_markdown():
+    """A scene or run name comes from someone's metrics.json: every LaTeX special character is
+    escaped (``\\ { } $ ~ ^`` passed through before), and ``|`` or a newline cannot add
+    Markdown cells or rows."""
+    from neurecon.eval.tables import render
+
+    header, rows = ["run", "scene", "PSNR↑"], [[HOSTILE_NAME, "dtu_scan65", "31.20"]]
+    tex = render(header, rows, [{}], "latex")
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip()
+    cell = body.split(" & ")[0]
+    # the cell holds no LaTeX command, group or math shift but escaped ones
+    for bad in ("\\input", "$", "{/", "^", "~"):
+        assert bad not in cell.replace(r"\$", "").replace(r"\{", "").replace(r"\}", "").replace(
+            r"\textasciicircum", "").replace(r"\textasciitilde", "").replace(
+            r"\textbackslash ", ""), (bad, cell)  # fmt: skip
+    assert r"\textbackslash input\{/etc/passwd\}\$\textasciicircum \textasciitilde " in cell
+    assert r"\&\%\_\#" in cell and body.count(" & ") == 2  # three cells, one row
+    assert r"PSNR$\uparrow$" in tex
+    md = render(header, rows, [{}], "markdown").strip().splitlines()
+    assert len(md) == 3  # header, rule, one row: the newline did not start another
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", md[2])[1:-1]]
+    assert len(cells) == 3 and cells[0].replace("\\|", "|") == HOSTILE_NAME.replace("\n", " ")
+    assert cells[2] == "31.20"  # formatted figures are kept as written

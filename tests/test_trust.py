@@ -275,3 +275,36 @@ def test_a_logger_writing_inside_the_run_folder_is_fine(tmp_path):
     node = {"_target_": "neurecon.log.loggers.CSVLogger", "filename": "logs/log.csv"}
     cfg = resolve_untrusted(OmegaConf.create({"logger": node}), "cfg", tmp_path)
     assert cfg.logger.filename == "logs/log.csv"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg2://user:s3cr%40t@db.lan:5432/opt", "user:***@db.lan:5432"),
+        ("postgresql://user:a:b@host/db", "user:***@host"),  # a colon in the password
+        ("postgresql://:only@host/db", ":***@host"),
+    ],
+)
+def test_storage_urls_are_redacted_by_sqlalchemys_parser(url, shown):
+    from neurecon.storage import has_password, redact
+
+    assert has_password(url) and shown in redact(url)
+    assert "s3cr" not in redact(url) and "only" not in redact(url) and ":b@" not in redact(url)
+
+
+def test_urls_without_a_password_are_left_as_they_are():
+    from neurecon.storage import has_password, redact
+
+    for spec in ("postgresql://user@host/db", "sqlite:///x.db", "multirun/x/optuna.journal"):
+        assert not has_password(spec) and redact(spec) == spec
+
+
+def test_a_password_in_trainer_pruning_storage_is_refused_like_the_sweepers():
+    from neurecon.build import build
+    from neurecon.errors import ConfigError
+
+    url = "postgresql://user:hunter2@host/db"
+    cfg = compose_cfg([*TINY, f"trainer.pruning={{study: s, trial_id: 0, storage: '{url}'}}"])
+    with pytest.raises(ConfigError, match=r"trainer.pruning.storage=.*user:\*\*\*@host") as e:
+        build(cfg)
+    assert "hunter2" not in str(e.value) and "PGPASSWORD" in str(e.value)

@@ -19,7 +19,6 @@ hydra-optuna-sweeper 1.3 pins optuna<3 (and its RDB storage needs SQLAlchemy<2),
 pruning; that is why this small plugin exists.
 """
 
-import csv
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List  # noqa: UP035
 
+import pandas as pd
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
@@ -34,7 +34,9 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from neurecon.storage import TRIAL_STORAGE_ENV, has_password, open_storage, redact
+from neurecon.errors import ConfigError
+from neurecon.io import atomic_write
+from neurecon.storage import TRIAL_STORAGE_ENV, open_storage, refuse_saved_password
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +164,10 @@ class NeureconOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
-        if has_password(raw):  # typed on the command line or in a file: Hydra saves it
-            raise ValueError(
-                f"hydra.sweeper.storage={redact(str(raw))}: a password here would be written "
-                "to .hydra/*.yaml and multirun.yaml. Leave it out and set PGPASSWORD (or "
-                "~/.pgpass), or export NEURECON_STORAGE=<url> and pass "
-                "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'"
-            )
+        try:  # typed on the command line or in a file: Hydra saves it
+            refuse_saved_password(raw, "hydra.sweeper.storage")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -285,29 +284,25 @@ class NeureconOptunaSweeper(Sweeper):
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
 
     def _summarise(self, study: Any) -> None:
+        from neurecon.eval.tables import markdown_table
+
         trials = study.trials
         keys = sorted({k for t in trials for k in t.params})
+        n_values = len(self.directions)
         rows = [
-            [t.number, t.state.name, *(t.values or [None]), *[t.params.get(k) for k in keys]]
+            [t.number, t.state.name, *(t.values or [None] * n_values),
+             *[t.params.get(k) for k in keys]]
             for t in trials
-        ]
-        names = (
-            ["value"]
-            if len(self.directions) == 1
-            else [f"value_{i}" for i in range(len(self.directions))]
-        )
+        ]  # fmt: skip
+        names = ["value"] if n_values == 1 else [f"value_{i}" for i in range(n_values)]
         header = ["trial", "state", *names, *keys]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in rows:
-            lines.append(
-                "| "
-                + " | ".join(
-                    "" if x is None else (f"{x:.5g}" if isinstance(x, float) else str(x)) for x in r
-                )
-                + " |"
-            )
+        shown = [
+            ["" if x is None else (f"{x:.5g}" if isinstance(x, float) else str(x)) for x in r]
+            for r in rows
+        ]
+        lines = [markdown_table(header, shown).rstrip("\n")]
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        if complete and len(self.directions) == 1:
+        if complete and n_values == 1:
             lines.append(
                 f"best: trial {study.best_trial.number}, value {study.best_value:.5g}, "
                 f"params {study.best_params}"
@@ -317,7 +312,5 @@ class NeureconOptunaSweeper(Sweeper):
             lines.append(f"Pareto front: {front}")
         table = "\n".join(lines)
         log.info("sweep summary (%d trials):\n%s", len(trials), table)
-        with open(self.sweep_dir / "trials.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
+        frame = pd.DataFrame(rows, columns=header, dtype=object)  # ints stay ints
+        atomic_write(self.sweep_dir / "trials.csv", lambda p: frame.to_csv(p, index=False))

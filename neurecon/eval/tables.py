@@ -3,9 +3,7 @@ read their ``metrics.json``, label them by what differs, and print paper-style t
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import logging
 import math
@@ -13,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from neurecon.errors import NeuReconError
@@ -203,41 +202,45 @@ def pivot_table(
     return header, rows, raw
 
 
+def _plain_text(cell: Any) -> str:
+    """One line of text: control characters (newlines, tabs) become spaces. A run or scene name
+    comes from someone's ``metrics.json`` and must not break a table's rows."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(cell))
+
+
+def _frame(header: list[str], rows: list[list[Any]]) -> pd.DataFrame:
+    return pd.DataFrame([[_plain_text(c) for c in r] for r in rows], columns=header, dtype=str)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table (pandas → tabulate); ``|`` inside a cell is escaped, since
+    tabulate lays the table out but leaves the pipe alone."""
+    esc = [[_plain_text(c).replace("|", "\\|") for c in r] for r in rows]
+    head = [h.replace("|", "\\|") for h in header]
+    return (
+        _frame(head, esc).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+    )
+
+
+def latex_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A booktabs ``tabular`` (pandas' Styler): every LaTeX special character in headers and
+    cells is escaped (``\\ { } $ & # ^ _ ~ %``); the ↑/↓ of our headers become math arrows."""
+    df = _frame(header, rows)
+    styler = df.style.hide(axis="index").format(escape="latex")
+    styler = styler.format_index(escape="latex", axis=1)
+    text = styler.to_latex(hrules=True, column_format="l" + "c" * (len(header) - 1))
+    return text.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+
+
 def render(header: list[str], rows: list[list[str]], raw: list[dict], fmt: str) -> str:
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines) + "\n"
+        return markdown_table(header, rows)
     if fmt == "csv":  # raw numbers (full precision, empty when missing) for spreadsheets
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(raw[0]), extrasaction="ignore")
-        w.writeheader()
-        w.writerows([{k: "" if v is None else v for k, v in r.items()} for r in raw])
-        return buf.getvalue()
+        return pd.DataFrame(raw).to_csv(index=False)
     if fmt == "json":
         return json.dumps(raw, indent=2, allow_nan=False) + "\n"
     if fmt == "latex":
-        esc = {
-            "&": r"\&",
-            "%": r"\%",
-            "_": r"\_",
-            "#": r"\#",
-            "↑": r"$\uparrow$",
-            "↓": r"$\downarrow$",
-        }
-
-        def tex(s: str) -> str:
-            return "".join(esc.get(ch, ch) for ch in s)
-
-        lines = [
-            r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
-            r"\toprule",
-            " & ".join(tex(h) for h in header) + r" \\",
-            r"\midrule",
-        ]
-        lines += [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
+        return latex_table(header, rows)
     raise EvaluationError(f"--format {fmt!r}: choose from {list(FORMATS)}")
 
 
