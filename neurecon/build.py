@@ -114,7 +114,7 @@ def make_logger(cfg: DictConfig, out_dir: str | Path):
             kwargs["name"] = (
                 Path(str(out_dir)).name
                 if hc.mode != RunMode.MULTIRUN
-                else (f"{Path(hc.sweep.dir).name}-{hc.job.num}")
+                else f"{Path(hc.sweep.dir).name}-{Path(str(out_dir)).name}"  # sweep-trial_N
             )
     except ValueError:  # HydraConfig not set: called from Python, not through train.py
         pass

@@ -75,6 +75,19 @@ def umask() -> int:
     return mask
 
 
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file and folder under ``folder`` (before renaming a whole new folder into
+    place, as :mod:`neurecon.data.pack` does)."""
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it over, then
     fsync the folder. The file gets ``mode``, else read-write for whom the umask allows.

@@ -1,6 +1,7 @@
 """Sweeps across workers: two processes sharing one study on a real PostgreSQL server, and
 parallel trials on one machine with the joblib launcher."""
 
+import json
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from test_sweeps import _study, _sweep
 
 from neurecon.storage import open_storage
@@ -154,29 +156,39 @@ def test_storage_password_on_the_command_line_is_refused_redacted(tmp_path, post
 
 
 def test_parallel_workers_lose_and_repeat_nothing(tmp_path):
-    """2 sweeper processes append to one journal file at once: every trial is recorded once,
-    with its own parameters. (A sweep resumed from its journal: test_sweeps.py.)"""
-    journal = tmp_path / "shared.journal"
+    """2 sweeper processes with the same command, one journal and one sweep folder (two shells,
+    or workers on a cluster's shared filesystem): every trial is recorded once, with its own
+    parameters, in its own ``trial_N`` folder named by its Optuna number, config intact.
+    (Hydra's job numbers count per process: both workers once wrote ``trial_0``.)
+    A sweep resumed from its journal: test_sweeps.py."""
+    sweep_dir = tmp_path / "shared"
+    journal = sweep_dir / "optuna.journal"
     args = [
         "sweep=lr_inv_s",
-        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_trials=2",
         "logger=none",
-        f"hydra.sweeper.storage={journal}",
         "hydra.sweeper.study_name=par",
         "trainer.max_steps=5",  # the point is the study, not the training
         "trainer.mesh_resolution=0",
         "trainer.objective=test/psnr",
     ]
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(_sweep, tmp_path / f"w{i}", *args) for i in range(2)]
+        futures = [pool.submit(_sweep, sweep_dir, *args) for _ in range(2)]
         results = [f.result() for f in futures]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="par", storage=open_storage(str(journal))).trials
     print("states:", Counter(t.state.name for t in trials))
-    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
-    assert sorted(t.number for t in trials) == [0, 1]
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 2
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    folders = sorted(p.name for p in sweep_dir.glob("trial_*"))
+    assert folders == [f"trial_{i}" for i in range(4)], folders
+    for t in trials:  # each folder's saved config is its own trial's, and it finished
+        run = sweep_dir / f"trial_{t.number}"
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        assert cfg.optimizer.lr == pytest.approx(t.params["optimizer.lr"])
+        assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_joblib_launcher_runs_trials_in_parallel(tmp_path):

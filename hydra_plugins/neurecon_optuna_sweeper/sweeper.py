@@ -6,7 +6,8 @@ written out for any Optuna class), plus:
 
 - a persistent study (``load_if_exists``): re-running the same command resumes it;
 - a trial that raises (a crash, a diverged run) is recorded as FAIL and the sweep goes on;
-- job numbers continue across resumed runs, so trial folders never collide;
+- trial folders are named by the Optuna trial number (``trial_${hydra.job.num}`` gets it), so
+  resumed runs and parallel workers on one study and one sweep folder never collide;
 - a summary table of all trials (and the best trial / Pareto front) at the end,
   also written to ``<sweep dir>/trials.csv``;
 - a resumed or parallel worker continues the search and never repeats it: the sampler is
@@ -174,6 +175,8 @@ class NeureconOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        raw_sweep = OmegaConf.to_container(config.hydra.sweep, resolve=False)
+        self.subdir_pattern = str(raw_sweep.get("subdir") or "")
 
     def _split(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
         """Search space from ``params`` and sweep-syntax arguments; the rest stay fixed."""
@@ -207,9 +210,9 @@ class NeureconOptunaSweeper(Sweeper):
                 tuple(fixed)
                 + tuple(f"{k}={v}" for k, v in t.params.items())
                 + self._pruning_overrides(t)
+                + self._folder_override(t)
                 for t in batch
             ]
-            # Job numbers continue after earlier runs of the study: folders never collide.
             returns = self.launcher.launch(overrides, initial_job_idx=start + done)
             for trial, ret in zip(batch, returns, strict=True):
                 self._tell(study, trial, ret)
@@ -254,6 +257,16 @@ class NeureconOptunaSweeper(Sweeper):
                 )
                 time.sleep(0.5 + random.random())
         raise AssertionError("unreachable")
+
+    def _folder_override(self, trial: Any) -> tuple[str, ...]:
+        """The trial's folder named by its Optuna trial number, which the storage hands out
+        once per study. Hydra's job number counts per sweeper process, so two workers on one
+        study and one sweep folder (two shells, or a cluster's shared filesystem) would both
+        start at ``trial_0`` and overwrite each other's ``.hydra/``."""
+        if "${hydra.job.num}" not in self.subdir_pattern:
+            return ()  # a folder pattern of the user's own (e.g. lr_${optimizer.lr})
+        subdir = self.subdir_pattern.replace("${hydra.job.num}", str(trial.number))
+        return (f"hydra.sweep.subdir={subdir}",)
 
     def _pruning_overrides(self, trial: Any) -> tuple[str, ...]:
         if self.pruner is None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from neurecon.data.io import list_images, read_image
 from neurecon.errors import DatasetError, NeuReconError
-from neurecon.io import umask
+from neurecon.io import fsync_dir, fsync_tree, umask
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -74,7 +74,9 @@ def pack_scene(
         for cam in cameras:
             shutil.copy2(cam, tmp / cam.name)
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a scan is for sharing
+        fsync_tree(tmp)  # the new folder is complete on disk before its name appears
         tmp.rename(dst)
+        fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
