@@ -19,3 +19,9 @@ class MeshExtractionError(NeuReconError):
 
 class MissingDependencyError(NeuReconError, ImportError):
     """An optional package a feature needs is not installed; the message names it."""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (libraries' messages span several), shortened."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -236,7 +236,7 @@ def build_run(run_dir: str | Path, device: Any = None):
 def load_trained_run(run_dir: str | Path, device: Any = None):
     """:func:`build_run` with the field and renderer restored from the newest checkpoint
     (``weights_only``). Returns (run, settings, step, checkpoint path)."""
-    from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint
+    from neurecon.train.checkpoint import latest_checkpoint, load_checkpoint, restoring
 
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
@@ -247,9 +247,10 @@ def load_trained_run(run_dir: str | Path, device: Any = None):
         )
     run, settings = build_run(run_dir, device)
     state = load_checkpoint(ckpt, settings.device)
-    run.field.load_state_dict(state["field"])
-    if state.get("renderer"):  # the occupancy grid, when the renderer has one
-        run.renderer.load_state_dict(state["renderer"])
+    with restoring(ckpt):
+        run.field.load_state_dict(state["field"])
+        if state.get("renderer"):  # the occupancy grid, when the renderer has one
+            run.renderer.load_state_dict(state["renderer"])
     run.field.to(settings.device)
     run.renderer.to(settings.device)
     run.renderer.setup(settings.device)

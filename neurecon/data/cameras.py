@@ -13,6 +13,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from neurecon.errors import DatasetError
+
 
 class CameraError(ValueError):
     """A camera matrix that cannot be used (singular, non-finite, wrong shape)."""
@@ -111,3 +113,20 @@ def sphere_near_far(
     hit = hit & (far > near)
     far = torch.where(hit, far, near)
     return near, far, hit
+
+
+def check_cameras(K: np.ndarray, c2w: np.ndarray, to_world: np.ndarray, where: str) -> None:
+    """Refuse what no renderer can use: non-finite intrinsics K (V, 3, 3), poses c2w (V, 4, 4)
+    or ``to_world`` (4, 4), and focal lengths that are not positive. ``where`` names the file."""
+    K, c2w, to_world = (np.asarray(a, dtype=np.float64) for a in (K, c2w, to_world))
+    for name, a in (("intrinsics", K), ("camera poses", c2w), ("scene transform", to_world)):
+        with np.errstate(over="ignore"):  # finite in float32 too: scenes store float32
+            a = a.astype(np.float32)
+        if not np.all(np.isfinite(a)):
+            bad = np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0, 0] if a.ndim == 3 else 0
+            raise DatasetError(f"{where}: non-finite {name} (view {bad})")
+    focal = np.stack([K[:, 0, 0], K[:, 1, 1]], 1)
+    if not np.all(focal > 0):
+        raise DatasetError(
+            f"{where}: focal length <= 0 (view {int(np.argwhere(focal <= 0)[0, 0])})"
+        )

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from neurecon.data.cameras import check_cameras
 from neurecon.data.distortion import downscale_valid, remap
 from neurecon.data.io import downscale_image, load_rgb
 from neurecon.data.neus import downscale_intrinsics
 from neurecon.data.posed import normalise_poses, similarity
 from neurecon.data.scene import Scene, split_ids
-from neurecon.errors import DatasetError
+from neurecon.errors import DatasetError, one_line
 
 log = logging.getLogger(__name__)
 SUPPORTED = ("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
@@ -43,13 +44,18 @@ def read_model(path: Path):
     try:
         return pycolmap.Reconstruction(str(path))
     except Exception as e:  # pycolmap raises plain RuntimeErrors for malformed files
-        raise DatasetError(f"COLMAP model {path} cannot be read: {e}") from None
+        raise DatasetError(f"COLMAP model {path} cannot be read: {one_line(e)}") from None
 
 
-def robust_sphere(points: np.ndarray, quantile: float = 0.95, margin: float = 1.1):
+def robust_sphere(
+    points: np.ndarray, quantile: float = 0.95, margin: float = 1.1, where: str = "COLMAP model"
+):
     """Centre and radius of the region of interest from sparse points (N, 3)."""
+    points = points[np.isfinite(points).all(axis=1)]
     if len(points) < 4:
-        raise DatasetError(f"COLMAP model has only {len(points)} 3-D points; cannot find the scene")
+        raise DatasetError(
+            f"{where} has only {len(points)} finite 3-D points; cannot find the scene"
+        )
     d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
     inliers = points[d <= np.quantile(d, quantile)]
     centre = inliers.mean(axis=0)
@@ -137,8 +143,11 @@ class ColmapScene(Scene):
         if len(images) < 2:
             raise DatasetError(f"{rootp / model}: fewer than 2 registered images")
         pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
-        centre, radius = robust_sphere(pts, inlier_quantile, margin)
+        centre, radius = robust_sphere(
+            pts, inlier_quantile, margin, f"COLMAP model {rootp / model}"
+        )
         to_world = similarity(centre, radius)
+        check_cameras(np.stack(Ks), np.stack(poses), to_world, f"COLMAP model {rootp / model}")
         train, test = split_ids(len(images), test_every)
         super().__init__(
             images=images,

@@ -1,16 +1,81 @@
-"""Image reading with errors that name the file."""
+"""Reading scene files (images, camera arrays) with errors that name the file, on one line.
+
+Scene files come from anywhere (a download, a colleague's capture), so every reader here
+treats them as untrusted: sizes declared in headers are checked before anything is allocated,
+arrays never unpickle, and whatever goes wrong while interpreting a file's contents
+(:func:`parsing`) is reported as a :class:`DatasetError` naming it.
+"""
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from skimage.transform import resize
 
-from neurecon.errors import DatasetError
+from neurecon.errors import DatasetError, NeuReconError, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr"}
+# Larger images are refused from their header, before decoding: a 16k x 8k photo is 128 Mpx;
+# a crafted PNG header may claim 2^31 x 2^31.
+MAX_PIXELS = 2**27
+MAX_ARRAY_BYTES = 2**28  # a camera file's array (DTU's are a few kB)
+
+# What interpreting a malformed file raises, from numpy, json, zipfile and our own indexing.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, EOFError,
+              OverflowError, zipfile.BadZipFile, np.linalg.LinAlgError)  # fmt: skip
+
+
+@contextmanager
+def parsing(path: Path) -> Iterator[None]:
+    """Errors raised while interpreting ``path``'s contents become one :class:`DatasetError`
+    naming it (with the cause's type and message): a wrong type in a JSON field, an array of
+    the wrong shape, a truncated zip. Our own errors pass through unchanged."""
+    try:
+        yield
+    except NeuReconError:
+        raise
+    except _MALFORMED as e:
+        raise DatasetError(f"{path}: malformed ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _check_array_header(fp, size: int, where: str) -> None:
+    """The .npy header's declared shape must fit the bytes that are there (no huge allocation
+    from a crafted header) and its dtype must hold no Python objects."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fp)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(fp)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if dtype.hasobject:
+        raise DatasetError(f"{where}: holds Python objects (pickles are never loaded)")
+    if need > MAX_ARRAY_BYTES or need > size:
+        raise DatasetError(
+            f"{where}: header declares {shape} {dtype} ({need} bytes); the file holds {size}"
+        )
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` (no pickles), each header checked before it is read."""
+    with parsing(path):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as fp:
+                    _check_array_header(fp, info.file_size, f"{path}:{info.filename}")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array (no pickles), its header checked before it is read."""
+    with parsing(path):
+        with open(path, "rb") as fp:
+            _check_array_header(fp, path.stat().st_size, str(path))
+        return np.load(path, allow_pickle=False)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -24,11 +89,19 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file's pixels as stored (any dtype, 2 or 3 dims); errors name the file."""
+    """An image file's pixels as stored (any dtype, 2 or 3 dims); errors name the file. The
+    size in the header is checked first (:data:`MAX_PIXELS`), so a crafted header cannot make
+    the decoder allocate gigabytes."""
+    try:
+        shape = iio.improps(path).shape
+    except Exception as e:  # imageio raises many types for undecodable files
+        raise DatasetError(f"{path}: cannot decode image ({one_line(e)})") from None
+    if len(shape) < 2 or int(np.prod(shape[:2], dtype=object)) > MAX_PIXELS:
+        raise DatasetError(f"{path}: image header claims size {shape}; refusing to decode it")
     try:
         img = iio.imread(path)
     except Exception as e:  # imageio raises many types for undecodable files
-        raise DatasetError(f"{path}: cannot decode image ({e})") from None
+        raise DatasetError(f"{path}: cannot decode image ({one_line(e)})") from None
     if img.ndim not in (2, 3):
         raise DatasetError(f"{path}: unsupported image shape {img.shape}")
     return img

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neurecon.data.cameras import CameraError, decompose_projection
-from neurecon.data.io import list_images, load_mask, load_rgb
+from neurecon.data.cameras import CameraError, check_cameras, decompose_projection
+from neurecon.data.io import list_images, load_mask, load_npz, load_rgb, parsing
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError
 
@@ -97,11 +97,7 @@ class NeuSScene(Scene):
         cam_path = next((rootp / n for n in names if (rootp / n).is_file()), rootp / names[0])
         if not cam_path.is_file():
             raise DatasetError(f"camera file {cam_path} is missing (dataset.cameras={cameras})")
-        try:
-            cams = dict(np.load(cam_path))
-        except Exception as e:  # corrupt npz: zipfile / pickle errors of many kinds
-            raise DatasetError(f"camera file {cam_path} cannot be read: {e}") from None
-
+        cams = load_npz(cam_path)  # no pickles; declared sizes checked before reading
         image_paths = list_images(rootp / image_dir)
         n = len(image_paths)
         missing = [f"world_mat_{i}" for i in range(n) if f"world_mat_{i}" not in cams]
@@ -110,9 +106,13 @@ class NeuSScene(Scene):
                 f"{cam_path}: {n} images in {rootp / image_dir} but no {missing[0]} "
                 f"({len(missing)} camera(s) missing)"
             )
-        world_mats = [cams[f"world_mat_{i}"] for i in range(n)]
-        scale_mats = [cams.get(f"scale_mat_{i}", np.eye(4)) for i in range(n)]
-        K, c2w, to_world = cameras_from_neus(world_mats, scale_mats, str(cam_path))
+        with parsing(cam_path):  # wrong shapes or types in the arrays: name the file
+            world_mats = [np.asarray(cams[f"world_mat_{i}"], np.float64) for i in range(n)]
+            scale_mats = [np.asarray(cams.get(f"scale_mat_{i}", np.eye(4)), np.float64)
+                          for i in range(n)]  # fmt: skip
+            K, c2w, to_world = cameras_from_neus(world_mats, scale_mats, str(cam_path))
+            K = downscale_intrinsics(K, float(downscale))
+        check_cameras(K, c2w, to_world, str(cam_path))
 
         first = load_rgb(image_paths[0], downscale)
         # One uint8 array while the sizes agree (no copy into the scene); a per-image list
@@ -154,7 +154,7 @@ class NeuSScene(Scene):
         train, test = split_ids(n, test_every, train_on_test)
         super().__init__(
             images=images,
-            K=downscale_intrinsics(K, float(downscale)),
+            K=K,
             c2w=c2w,
             to_world=to_world,
             train_ids=train,

@@ -17,16 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from neurecon.data.cameras import check_cameras
 from neurecon.data.distortion import (
     Distortion,
     fisheye_distortion,
     opencv_distortion,
     undistort,
 )
-from neurecon.data.io import composite, list_images, load_rgb, load_rgba
+from neurecon.data.io import composite, list_images, load_npy, load_rgb, load_rgba, parsing
 from neurecon.data.neus import downscale_intrinsics
 from neurecon.data.scene import Scene, split_ids
-from neurecon.errors import DatasetError
+from neurecon.errors import DatasetError, one_line
 
 log = logging.getLogger(__name__)
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -68,9 +69,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{path} is missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+        meta = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f"{path}: not valid JSON ({one_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: not a JSON object")
+    return meta
 
 
 def _matrix(frame: dict, path: Path, i: int) -> np.ndarray:
@@ -114,27 +118,31 @@ class BlenderScene(Scene):
         for name in ("train", test_split):
             meta_path = rootp / f"transforms_{name}.json"
             meta = _read_json(meta_path)
-            frames = meta.get("frames", [])
-            if "camera_angle_x" not in meta or not frames:
-                raise DatasetError(f"{meta_path}: needs camera_angle_x and a non-empty frames list")
-            if name != "train" and test_limit:
-                frames = frames[:: max(1, math.ceil(len(frames) / test_limit))]
-            for i, fr in enumerate(frames):
-                img_path = _image_path(rootp, fr.get("file_path", ""))
-                if not img_path.is_file():
-                    raise DatasetError(f"{meta_path}: frame {i} image {img_path} is missing")
-                rgb, alpha = load_rgba(img_path, downscale)
-                if alpha is None:
-                    alpha = np.full(rgb.shape[:2], 255, np.uint8)
-                images.append(composite(rgb, alpha, background_color))
-                masks.append(np.where(alpha > 127, 255, 0).astype(np.uint8))
-                H, W = rgb.shape[:2]
-                f = 0.5 * W / math.tan(0.5 * float(meta["camera_angle_x"]))
-                # Blender's principal point is the image centre: (W - 1) / 2 in pixel-centre units.
-                Ks.append(np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]]))
-                poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
-                split["train" if name == "train" else "test"].append(len(images) - 1)
+            with parsing(meta_path):  # wrong types or shapes in its fields name it
+                frames = meta.get("frames", [])
+                if "camera_angle_x" not in meta or not frames:
+                    raise DatasetError(
+                        f"{meta_path}: needs camera_angle_x and a non-empty frames list"
+                    )
+                if name != "train" and test_limit:
+                    frames = frames[:: max(1, math.ceil(len(frames) / test_limit))]
+                for i, fr in enumerate(frames):
+                    img_path = _image_path(rootp, fr.get("file_path", ""))
+                    if not img_path.is_file():
+                        raise DatasetError(f"{meta_path}: frame {i} image {img_path} is missing")
+                    rgb, alpha = load_rgba(img_path, downscale)
+                    if alpha is None:
+                        alpha = np.full(rgb.shape[:2], 255, np.uint8)
+                    images.append(composite(rgb, alpha, background_color))
+                    masks.append(np.where(alpha > 127, 255, 0).astype(np.uint8))
+                    H, W = rgb.shape[:2]
+                    f = 0.5 * W / math.tan(0.5 * float(meta["camera_angle_x"]))
+                    # Blender's principal point is the image centre: (W - 1) / 2 (pixel centres)
+                    Ks.append(np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]]))
+                    poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
+                    split["train" if name == "train" else "test"].append(len(images) - 1)
         to_world = similarity((0.0, 0.0, 0.0), radius)
+        check_cameras(np.stack(Ks), np.stack(poses), to_world, str(rootp / "transforms_*.json"))
         super().__init__(
             images=images,
             K=np.stack(Ks),
@@ -179,36 +187,43 @@ class NGPScene(Scene):
         if not frames:
             raise DatasetError(f"{meta_path}: no frames")
         images, masks, valid, Ks, poses, missing = [], [], [], [], [], []
-        for i, fr in enumerate(frames):
-            cam = {**meta, **fr}  # per-frame intrinsics override global ones
-            distort = _ngp_distortion(cam, f"{meta_path}: frame {i}")
-            img_path = _image_path(rootp, fr.get("file_path", ""))
-            if not img_path.is_file():
-                missing.append(str(img_path))
-                continue
-            rgb, alpha = load_rgba(img_path, downscale)
-            H, W = rgb.shape[:2]
-            Wf, Hf = float(cam.get("w", W * downscale)), float(cam.get("h", H * downscale))
-            if "fl_x" in cam:
-                fx = float(cam["fl_x"])
-                fy = float(cam.get("fl_y", fx))
-            elif "camera_angle_x" in cam:
-                fx = fy = 0.5 * Wf / math.tan(0.5 * float(cam["camera_angle_x"]))
-            else:
-                raise DatasetError(f"{meta_path}: frame {i} has neither fl_x nor camera_angle_x")
-            # ngp's cx, cy are in continuous pixel units (centre of pixel 0 at 0.5).
-            cx, cy = float(cam.get("cx", Wf / 2)) - 0.5, float(cam.get("cy", Hf / 2)) - 0.5
-            K = downscale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), downscale)
-            ok = None
-            if distort is not None:  # distortion is in normalised coordinates: any scale
-                rgb, ok = undistort(rgb, K, distort)
-                if alpha is not None:
-                    alpha = undistort(alpha[..., None], K, distort)[0][..., 0]
-            images.append(rgb if alpha is None else composite(rgb, alpha, background_color))
-            masks.append(None if alpha is None else np.where(alpha > 127, 255, 0).astype(np.uint8))
-            valid.append(ok)
-            Ks.append(K)
-            poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
+        with parsing(meta_path):  # a field of the wrong type or shape names the file
+            if not isinstance(frames, list):
+                raise DatasetError(f"{meta_path}: frames is not a list")
+            for i, fr in enumerate(frames):
+                cam = {**meta, **fr}  # per-frame intrinsics override global ones
+                distort = _ngp_distortion(cam, f"{meta_path}: frame {i}")
+                img_path = _image_path(rootp, fr.get("file_path", ""))
+                if not img_path.is_file():
+                    missing.append(str(img_path))
+                    continue
+                rgb, alpha = load_rgba(img_path, downscale)
+                H, W = rgb.shape[:2]
+                Wf, Hf = float(cam.get("w", W * downscale)), float(cam.get("h", H * downscale))
+                if "fl_x" in cam:
+                    fx = float(cam["fl_x"])
+                    fy = float(cam.get("fl_y", fx))
+                elif "camera_angle_x" in cam:
+                    fx = fy = 0.5 * Wf / math.tan(0.5 * float(cam["camera_angle_x"]))
+                else:
+                    raise DatasetError(
+                        f"{meta_path}: frame {i} has neither fl_x nor camera_angle_x"
+                    )
+                # ngp's cx, cy are in continuous pixel units (centre of pixel 0 at 0.5).
+                cx, cy = float(cam.get("cx", Wf / 2)) - 0.5, float(cam.get("cy", Hf / 2)) - 0.5
+                K = downscale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), downscale)
+                ok = None
+                if distort is not None:  # distortion is in normalised coordinates: any scale
+                    rgb, ok = undistort(rgb, K, distort)
+                    if alpha is not None:
+                        alpha = undistort(alpha[..., None], K, distort)[0][..., 0]
+                images.append(rgb if alpha is None else composite(rgb, alpha, background_color))
+                masks.append(
+                    None if alpha is None else np.where(alpha > 127, 255, 0).astype(np.uint8)
+                )
+                valid.append(ok)
+                Ks.append(K)
+                poses.append(opengl_to_opencv(_matrix(fr, meta_path, i)))
         if missing:
             log.warning(
                 "%s: %d frame image(s) missing, skipped: %s",
@@ -225,6 +240,7 @@ class NGPScene(Scene):
         if radius is None:
             radius = 0.5 * float(np.median(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1)))
         to_world = similarity(centre, radius)
+        check_cameras(np.stack(Ks), c2w, to_world, str(meta_path))
         train, test = split_ids(len(images), test_every)
         use_masks = use_mask and all(m is not None for m in masks)
         super().__init__(
@@ -288,7 +304,9 @@ class LLFFScene(Scene):
         pb_path = rootp / "poses_bounds.npy"
         if not pb_path.is_file():
             raise DatasetError(f"{pb_path} is missing")
-        pb = np.load(pb_path)
+        pb = load_npy(pb_path)  # no pickles; the declared size checked first
+        if pb.dtype.kind not in "fiu":
+            raise DatasetError(f"{pb_path}: expected numbers, got {pb.dtype}")
         if pb.ndim != 2 or pb.shape[1] != 17 or not np.all(np.isfinite(pb)):
             raise DatasetError(f"{pb_path}: expected a finite (N, 17) array, got {pb.shape}")
         folder = rootp / ("images" if factor == 1 else f"images_{factor}")
@@ -320,6 +338,7 @@ class LLFFScene(Scene):
             float(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1).max()),
         )
         to_world = similarity(centre, radius)
+        check_cameras(np.repeat(K[None], len(images), 0), c2w, to_world, str(pb_path))
         train, test = split_ids(len(images), test_every)
         super().__init__(
             images=np.stack(images),

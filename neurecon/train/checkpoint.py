@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from neurecon.errors import NeuReconError, one_line
 from neurecon.io import atomic_write
 
 
@@ -14,8 +17,36 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+class CheckpointError(NeuReconError):
+    """A checkpoint that cannot be read, or does not hold a run's state."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint's state, read with ``weights_only`` (tensors and plain containers; nothing
+    in the file can run). A corrupt or foreign file is one :class:`CheckpointError` naming it."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip, unpickling and storage errors of many kinds
+        raise CheckpointError(f"{path}: not a readable checkpoint ({one_line(e, 200)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: not a neurecon checkpoint (no step)")
+    if not isinstance(state.get("field"), dict):
+        raise CheckpointError(f"{path}: not a neurecon checkpoint (no field state)")
+    return state
+
+
+@contextmanager
+def restoring(path: str | Path) -> Iterator[None]:
+    """Loading a checkpoint's state into modules: a state that does not fit (other shapes, a
+    missing key, a wrong type) is a :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except NeuReconError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path}: does not fit this run's config ({type(e).__name__}: {one_line(e, 200)})"
+        ) from None
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurecon.train.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from neurecon.train.checkpoint import (
+    load_checkpoint,
+    prune_checkpoints,
+    restoring,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -84,7 +89,8 @@ class TrainState:
     def restore(self, path: str | Path, device: torch.device) -> None:
         """Continue from a checkpoint file (weights-only loading), clock and guard included."""
         state = load_checkpoint(path, device)
-        self.load_state_dict(state)
-        self.elapsed0, self.t0 = float(state.get("elapsed_s", 0.0)), time.time()
-        self.guard.skipped = int(state["guard"]["skipped"])
-        self.guard.rollbacks = int(state["guard"]["rollbacks"])
+        with restoring(path):
+            self.load_state_dict(state)
+            self.elapsed0, self.t0 = float(state.get("elapsed_s", 0.0)), time.time()
+            self.guard.skipped = int(state["guard"]["skipped"])
+            self.guard.rollbacks = int(state["guard"]["rollbacks"])
