@@ -4,6 +4,8 @@ python evaluate.py outputs/2026-11-24/12-00-00             # one run
 python evaluate.py multirun/2026-11-24/12-00-00            # every run of a sweep
 python evaluate.py 'outputs/*/*' --format latex --out table.tex
 python evaluate.py runs/ --by-scene chamfer                # scenes as columns (DTU papers)
+python evaluate.py multirun/dtu --by-scene dtu/overall     # the papers' 15-scan DTU table
+python evaluate.py RUN --recompute --dtu-protocol monosdf  # DTU figures with another culling
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from neurecon.eval.tables import (
     find_runs,
     label_runs,
     pivot_table,
+    protocol_note,
     read_run_record,
     render,
     write_output,
 )
+from neurecon.metrics.dtu import PROTOCOLS
 
 log = logging.getLogger("evaluate")
 
 
-def recompute(run_dir: Path) -> None:
+def recompute(run_dir: Path, dtu_protocol: str | None = None) -> None:
     """Re-render the test views and re-extract the mesh from the run's newest checkpoint."""
     from neurecon.eval import evaluate_run
     from neurecon.runs import load_trained_run
@@ -37,6 +41,8 @@ def recompute(run_dir: Path) -> None:
 
     # The saved config is untrusted: only allow-listed targets are built (neurecon.runs).
     run, settings, step, ckpt = load_trained_run(run_dir)
+    if dtu_protocol is not None:
+        settings.metrics["dtu_protocol"] = dtu_protocol
     old = run_dir / "metrics.json"
     base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}
     base.update({"status": base.get("status", "completed"), "steps": step})
@@ -58,15 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--by-scene",
         metavar="COLUMN",
-        help="paper-style table of one column (e.g. chamfer, psnr) per scene",
+        help="paper-style table of one column (e.g. chamfer, psnr, dtu/overall) per scene",
     )
+    ap.add_argument(
+        "--dtu-protocol", choices=sorted(PROTOCOLS), default=None,
+        help="with --recompute: whose mesh culling the DTU figures follow (default: the run's "
+        "metrics.dtu_protocol); " + "; ".join(p.describe() for p in PROTOCOLS.values()),
+    )  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         dirs = find_runs(args.paths)
         if args.recompute:
             for d in dirs:
-                recompute(d)
+                recompute(d, args.dtu_protocol)
         runs = [r for r in (read_run_record(d) for d in dirs) if r is not None]
         if not runs:
             raise NeuReconError(
@@ -75,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         label_runs(runs)
         table = pivot_table(runs, args.by_scene) if args.by_scene else build_table(runs)
-        write_output(render(*table, args.format), args.out)
+        text = render(*table, args.format)
+        note = protocol_note(runs)  # the papers' figures differ by culling: say which
+        if note and args.format == "markdown":
+            text += f"\n{note}\n"
+        elif note and args.format == "latex":
+            text += f"% {note}\n"
+        write_output(text, args.out)
     except NeuReconError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

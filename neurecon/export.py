@@ -29,6 +29,7 @@ from neurecon.eval.export import (
     write_mesh,
 )
 from neurecon.io import check_inside, write_json, writes_inside
+from neurecon.metrics.dtu import PROTOCOLS
 
 log = logging.getLogger("neurecon.export")
 
@@ -58,7 +59,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--cull-masks", action="store_true", help="DTU-style culling by the dilated masks"
     )
-    ap.add_argument("--mask-dilate", type=int, default=12, help="mask dilation in pixels (12)")
+    ap.add_argument(
+        "--dtu-protocol", default="neus", choices=sorted(PROTOCOLS),
+        help="whose mesh culling --cull-masks applies: " + "; ".join(
+            p.describe() for p in PROTOCOLS.values()),
+    )  # fmt: skip
+    ap.add_argument(
+        "--mask-dilate", type=float, default=None,
+        help="override the protocol's mask dilation (pixels of the full-size photos)",
+    )  # fmt: skip
     ap.add_argument(
         "--maps", action="store_true", help="depth (.npy, world) + normal maps of test views"
     )
@@ -98,9 +107,12 @@ def export_run(args: argparse.Namespace) -> dict:
             min_component=args.keep_largest if (args.keep_largest or -1) > 0 else None,
             cull_unseen=args.cull_unseen,
             cull_masks=args.cull_masks,
+            mask_protocol=args.dtu_protocol,
             mask_dilate=args.mask_dilate,
         )
         summary: dict = {"run": str(args.run), "checkpoint": ckpt.name, "step": step}
+        if args.cull_masks:  # which paper's culling made this mesh
+            summary["dtu_protocol"] = PROTOCOLS[args.dtu_protocol].describe()
         t0 = time.time()
         with torch.no_grad():
             mesh = export_mesh(run.scene, run.field, settings, opts)

@@ -131,3 +131,39 @@ def test_optimizer_class_is_a_target_node(option, cls):
     run = build(compose_cfg([*TINY, "optimizer.optimizer_class._target_=torch.optim.SGD"]))
     with pytest.raises(TypeError):  # SGD has no betas: the class really is the one configured
         run.optimizer.build(run.field, 10)
+
+
+def test_neus_presets_weigh_colour_as_neus_exp_runner_does():
+    """NeuS (exp_runner.py): color = l1_loss((pred - rgb) * mask, 0, reduction="sum") / mask_sum,
+    loss = color + 0.1 eikonal + 0.1 mask; written out here on fixed tensors and compared with
+    the loss the neus_wmask preset builds (neurecon averages channels unless told otherwise)."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    from neurecon.train.losses import LossWeights, total_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, rgb = torch.rand(64, 3, generator=g), torch.rand(64, 3, generator=g)
+    mask = (torch.rand(64, generator=g) > 0.3).float()
+    opacity = torch.rand(64, generator=g).clamp(0.01, 0.99)
+    eik = torch.tensor(0.37)
+
+    Out = SimpleNamespace(color=pred, opacity=opacity, eikonal=eik)  # a render's output
+
+    m = mask[:, None]
+    color = F.l1_loss((pred - rgb) * m, torch.zeros_like(pred), reduction="sum") / (m.sum() + 1e-5)
+    bce = F.binary_cross_entropy(opacity.clip(1e-3, 1 - 1e-3), mask)
+    neus = color + 0.1 * eik + 0.1 * bce
+    for preset in ("neus_wmask", "neus_womask"):
+        w = LossWeights.from_mapping(compose_cfg([f"experiment={preset}"]).trainer.loss)
+        got, _ = total_loss(Out, rgb, mask if preset == "neus_wmask" else None, w)
+        if preset == "neus_wmask":
+            torch.testing.assert_close(got, neus, rtol=1e-5, atol=1e-6)
+        else:  # no mask: every ray counts, no mask term
+            want = (pred - rgb).abs().sum(-1).mean() + 0.1 * eik
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    w = LossWeights.from_mapping(compose_cfg([]).trainer.loss)  # the default: channel mean
+    _, terms = total_loss(Out, rgb, mask, w)
+    torch.testing.assert_close(terms["color"], color / 3, rtol=1e-4, atol=1e-6)  # 3x weaker

@@ -104,3 +104,150 @@ def test_cull_by_masks_removes_geometry_outside_the_object():
     culled = cull_by_masks(trimesh.util.concatenate([inside, outside]), P, mask, dilate=1)
     assert len(culled.faces) == len(inside.faces)
     assert np.abs(culled.vertices[np.unique(culled.faces)][:, 0]).max() < 1.0
+
+
+# ---- completeness as DTU defines it, against known answers and an independent reference ----
+
+
+def _write_gt_points(root, stl, bb, res, obs, plane=(0.0, 0.0, 0.0, 1.0)):
+    """DTU's ground-truth layout for arbitrary STL points and observability mask."""
+    (root / "ObsMask").mkdir(parents=True)
+    (root / "Points" / "stl").mkdir(parents=True)
+    trimesh.PointCloud(stl).export(root / "Points" / "stl" / f"stl{SCAN:03}_total.ply")
+    obs_file = {"ObsMask": obs.astype(np.uint8), "BB": bb, "Res": np.array([[res]])}
+    scipy.io.savemat(root / "ObsMask" / f"ObsMask{SCAN}_10.mat", obs_file)
+    scipy.io.savemat(root / "ObsMask" / f"Plane{SCAN}.mat", {"P": np.array(plane).reshape(4, 1)})
+
+
+def _reference_dtu(data, stl, bb, res, obs, plane, max_dist=20.0, patch=60.0):
+    """DTU's definition, written from PointCompareMain.m / BaseEval and read independently of
+    neurecon.metrics.dtu: brute-force distances, no KD-tree. ``data``: the thinned mesh points.
+    Data in the box (± patch, as DTUeval-python) are Qdata; those inside ObsMask count for
+    accuracy; completeness is MaxDistCP(Qdata, Qstl): every STL point above the plane to its
+    nearest Qdata point, whatever the mask says."""
+    from scipy.spatial.distance import cdist
+
+    in_box = np.all((data >= bb[0] - patch) & (data < bb[1] + 2 * patch), axis=1)
+    qdata = data[in_box]
+    idx = np.round((qdata - bb[0]) / res).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.array(obs.shape)), axis=1)
+    in_mask = np.zeros(len(qdata), bool)
+    in_mask[ok] = obs[idx[ok, 0], idx[ok, 1], idx[ok, 2]] > 0
+    above = stl[(np.c_[stl, np.ones(len(stl))] @ np.asarray(plane)) > 0]
+
+    def nearest(a, b):  # for each row of a, the distance to the nearest row of b, in chunks
+        return np.concatenate([cdist(a[i : i + 2000], b).min(1) for i in range(0, len(a), 2000)])
+
+    d_acc = nearest(qdata[in_mask], stl)
+    d_comp = nearest(above, qdata)
+    acc, comp = d_acc[d_acc < max_dist].mean(), d_comp[d_comp < max_dist].mean()
+    return acc, comp, nearest(above, qdata[in_mask])  # the last: the old, wrong completeness
+
+
+def _grid(lo, hi, step, z=0.0):
+    g = np.arange(lo, hi + 1e-9, step)
+    xx, yy = np.meshgrid(g, g)
+    return np.c_[xx.ravel(), yy.ravel(), np.full(xx.size, z)]
+
+
+@pytest.mark.parametrize("d", [0.5, 2.0])
+def test_a_sphere_offset_by_d_scores_d_both_ways(tmp_path, d):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(200_000, 3))
+    stl = 20.0 * v / np.linalg.norm(v, axis=1, keepdims=True)
+    bb = np.array([[-30.0] * 3, [30.0] * 3])
+    _write_gt_points(tmp_path, stl, bb, 1.0, np.ones((61, 61, 61), bool))
+    res = evaluate_dtu_mesh(trimesh.creation.icosphere(5, radius=20.0 + d), tmp_path, SCAN)
+    assert res["accuracy"] == pytest.approx(d, abs=0.03)
+    assert res["completeness"] == pytest.approx(d, abs=0.03)
+
+
+def _misplaced_patch_case(root):
+    """Ground truth: a plane z = 0 over [0, 50]². The mesh has it with a hole over [5, 45]²
+    (a missed surface), bridged by a patch misplaced 5 mm up. The observability mask covers
+    |z| <= 4 only, so the patch counts for no accuracy, but it is still the surface nearest to
+    the ground truth under the middle of the hole (5 mm, where the rim is up to 20 mm away)."""
+    stl = _grid(0, 50, 0.2)
+    bb = np.array([[0.0, 0.0, -10.0], [50.0, 50.0, 10.0]])
+    obs = np.zeros((51, 51, 21), bool)
+    obs[:, :, 6:15] = True  # z index k is z = k - 10: |z| <= 4
+    _write_gt_points(root, stl, bb, 1.0, obs)
+    parts = []
+    for x0, x1, y0, y1 in [(0, 50, 0, 5), (0, 50, 45, 50), (0, 5, 5, 45), (45, 50, 5, 45)]:
+        v = np.array([[x0, y0, 0], [x1, y0, 0], [x1, y1, 0], [x0, y1, 0]], float)
+        parts.append(trimesh.Trimesh(v, [[0, 1, 2], [0, 2, 3]], process=False))
+    patch = np.array([[5, 5, 5], [45, 5, 5], [45, 45, 5], [5, 45, 5]], float)
+    parts.append(trimesh.Trimesh(patch, [[0, 1, 2], [0, 2, 3]], process=False))
+    return trimesh.util.concatenate(parts), stl, bb, obs
+
+
+def test_completeness_counts_surface_outside_the_observability_mask(tmp_path):
+    """The misplaced patch is outside ObsMask but is the nearest surface for the ground truth
+    under the hole: DTU's completeness measures to it (analytic answer), and so does the
+    brute-force reference; measuring only to the masked points (the old code) is far worse."""
+    mesh, stl, _, _ = _misplaced_patch_case(tmp_path)
+    res = evaluate_dtu_mesh(mesh, tmp_path, SCAN)
+    # analytic: under the hole, min(distance to the rim in the plane, 5 mm up to the patch);
+    # elsewhere 0, plus the 0.2 mm sampling's own spacing (what accuracy measures on the plane)
+    x, y = stl[:, 0], stl[:, 1]
+    in_hole = (x > 5) & (x < 45) & (y > 5) & (y < 45)
+    rim = np.minimum.reduce([x - 5, 45 - x, y - 5, 45 - y])
+    want = np.where(in_hole, np.minimum(rim, 5.0), 0.0).mean() + res["accuracy"]
+    assert res["accuracy"] < 0.15  # the plane's points, on the ground truth
+    assert res["completeness"] == pytest.approx(want, abs=0.1)
+    old_way = np.where(in_hole, rim, 0.0).mean()  # to the observable points only: the rim
+    assert old_way > want + 1.0  # the case tells the two definitions apart
+
+
+def test_the_evaluation_matches_an_independent_reference_on_a_partial_mask(tmp_path):
+    from neurecon.metrics.dtu import dtu_chamfer, load_dtu_gt
+
+    mesh, _, bb, obs = _misplaced_patch_case(tmp_path)
+    gt = load_dtu_gt(tmp_path, SCAN)  # the STL as stored (float32 in the PLY)
+    rng = np.random.default_rng(3)
+    noisy = mesh.copy()
+    noisy.vertices = noisy.vertices + rng.normal(0, 0.3, noisy.vertices.shape)  # not planar
+    data = radius_downsample(sample_triangles(noisy, 0.2), 0.2, seed=0)
+    ours = dtu_chamfer(data, gt, 0.2, 20.0)  # re-thinning a thinned set: identity
+    plane = (0.0, 0.0, 0.0, 1.0)
+    acc, comp, comp_masked_only = _reference_dtu(data, gt["stl"], bb, 1.0, obs, plane)
+    assert ours["accuracy"] == pytest.approx(acc, rel=1e-9)
+    assert ours["completeness"] == pytest.approx(comp, rel=1e-9)
+    wrong = comp_masked_only[comp_masked_only < 20].mean()
+    assert abs(wrong - comp) / comp > 0.1  # the old definition fails this test
+
+
+@pytest.mark.parametrize(("name", "px"), [("neus", 50), ("monosdf", 24), ("neuralwarp", 12)])
+def test_named_protocols_cull_by_their_papers_dilation(name, px):
+    """One view, a mask of one pixel: a vertex survives exactly when it projects within the
+    protocol's disk radius of it (scaled to downscaled masks)."""
+    from neurecon.metrics.dtu import PROTOCOLS
+
+    assert PROTOCOLS[name].dilate_px == px
+    K = np.array([[100.0, 0, 100.0], [0, 100.0, 100.0], [0, 0, 1]])  # x = 0 → pixel 100
+    P = compose_projection(K, look_at(np.array([0.0, 0.0, 10.0]), np.zeros(3), up=(0.0, 1.0, 0.0)))
+    mask = np.zeros((200, 200), bool)
+    mask[100, 100] = True
+    # single-vertex "faces" at pixel offsets r from the mask pixel, along u
+    pts, faces = [], []
+    for i, r in enumerate([px - 1, px + 1]):
+        x = r / 100.0 * 10.0  # pixels → world at depth 10
+        pts += [[x, 0.0, 0.0], [x, 0.0, 0.0], [x, 0.0, 0.0]]
+        faces.append([3 * i, 3 * i + 1, 3 * i + 2])
+    mesh = trimesh.Trimesh(np.array(pts), faces, process=False)
+    # the camera looks down -z from z=10 with y up: x maps to decreasing or increasing u
+    kept = cull_by_masks(mesh, P[None], mask[None], dilate=PROTOCOLS[name].dilate_px)
+    assert len(kept.faces) == 1 and abs(kept.vertices[kept.faces[0, 0], 0]) < px / 10
+
+
+def test_the_protocol_that_ran_is_recorded(tmp_path):
+    write_gt(tmp_path)
+    K = np.array([[100.0, 0, 32.0], [0, 100.0, 32.0], [0, 0, 1]])
+    P = compose_projection(K, look_at(np.array([25.0, 25.0, 500.0]), np.array([25.0, 25.0, 0]),
+                                      up=(0.0, 1.0, 0.0)))[None]  # fmt: skip
+    masks = np.ones((1, 64, 64), bool)
+    res = evaluate_dtu_mesh(_plane_mesh(0.5), tmp_path, SCAN, P, masks, "monosdf", mask_scale=0.25)
+    assert res["protocol"] == "monosdf" and res["mask_dilate_px"] == 24
+    assert evaluate_dtu_mesh(_plane_mesh(0.5), tmp_path, SCAN)["protocol"] == "none"  # no masks
+    with pytest.raises(Exception, match="choose from"):
+        evaluate_dtu_mesh(_plane_mesh(0.5), tmp_path, SCAN, P, masks, "nosuch")

@@ -144,3 +144,33 @@ def test_names_from_foreign_metrics_are_escaped_in_latex_and_markdown():
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", md[2])[1:-1]]
     assert len(cells) == 3 and cells[0].replace("\\|", "|") == HOSTILE_NAME.replace("\n", " ")
     assert cells[2] == "31.20"  # formatted figures are kept as written
+
+
+def test_the_paper_table_of_dtu_scans_with_the_protocol_under_it(tmp_path, capsys):
+    """A 15-scan sweep as ``train.py -m ... dataset.scan=24,37,...`` leaves it: scans as
+    columns in the papers' order, a scan without ground truth shows "–" and is left out of the
+    mean, and the culling protocol is printed under the table."""
+    import evaluate
+
+    scans = [24, 37, 40, 55, 63, 65, 69, 83, 97, 105, 106, 110, 114, 118, 122]
+    chamfer = {s: 0.5 + 0.01 * i for i, s in enumerate(scans)}
+    for i, s in enumerate(scans):
+        run = tmp_path / "sweep" / str(i)
+        run.mkdir(parents=True)
+        m = {"status": "completed", "scene": f"dtu_scan{s}", "test/psnr": 30.0}
+        if s != 83:  # no ground truth for this one
+            m.update({"dtu/overall": chamfer[s], "dtu/protocol": "neus"})
+        (run / "metrics.json").write_text(json.dumps(m))
+        (run / ".hydra").mkdir()  # the runs differ in their scan only: one row
+        (run / ".hydra" / "config.yaml").write_text(f"dataset:\n  root: /data/DTU\n  scan: {s}\n")
+    assert evaluate.main([str(tmp_path / "sweep"), "--by-scene", "dtu/overall"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    header = [c.strip() for c in out[0].strip("|").split("|")]
+    assert header == ["Chamfer (mm)↓", *map(str, scans), "mean"]
+    assert len([line for line in out if line.startswith("|")]) == 3  # header, rule, one row
+    row = [c.strip() for c in out[2].strip("|").split("|")]
+    assert row[1 + scans.index(83)] == "–"
+    assert row[1 + scans.index(24)] == "0.50" and row[1 + scans.index(122)] == "0.64"
+    want = np.mean([v for s, v in chamfer.items() if s != 83])
+    assert row[-1] == f"{want:.2f}"
+    assert out[-1].startswith("DTU protocol: neus: masks dilated by 50 px")

@@ -86,6 +86,7 @@ class NeuSScene(Scene):
     ) -> None:
         if root is None or str(root) in ("", "???"):
             raise DatasetError("dataset.root is not set: point it at a NeuS-format scene folder")
+        self.downscale = int(downscale)  # the DTU protocols' mask dilation is in photo pixels
         rootp = Path(root).expanduser()
         if scan is not None:
             rootp = rootp / f"dtu_scan{scan}"

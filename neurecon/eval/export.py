@@ -31,7 +31,7 @@ from neurecon.geometry.clean import keep_largest, seen_faces, submesh
 from neurecon.geometry.picture import frame_from_cameras, render_mesh_camera
 from neurecon.io import atomic_write
 from neurecon.memory import retry_on_oom
-from neurecon.metrics.dtu import cull_by_masks
+from neurecon.metrics.dtu import cull_by_masks, protocol
 
 log = logging.getLogger(__name__)
 MESH_FORMATS = ("ply", "obj", "glb")
@@ -72,7 +72,8 @@ class MeshOptions:
     side (memory bound); colors: vertex colours; keep_largest: only the largest connected
     component, or with ``min_component`` every component with at least that fraction of its
     faces; cull_unseen: drop faces outside every training camera's view; cull_masks: DTU-style
-    culling by the training masks dilated by ``mask_dilate`` pixels."""
+    culling by the training masks as ``mask_protocol`` does it (``neurecon.metrics.dtu``:
+    neus, monosdf, neuralwarp), ``mask_dilate`` overriding its dilation (photo pixels)."""
 
     resolution: int = 128
     block: int = 128
@@ -81,7 +82,8 @@ class MeshOptions:
     min_component: float | None = None
     cull_unseen: bool = False
     cull_masks: bool = False
-    mask_dilate: int = 12
+    mask_protocol: str = "neus"
+    mask_dilate: float | None = None
 
 
 def export_mesh(
@@ -109,9 +111,11 @@ def export_mesh(
     if opts.cull_masks:
         if scene.masks is None:
             raise ValueError(f"mask culling: scene {scene.name!r} has no masks")
+        cull = protocol(opts.mask_protocol)
+        radius = cull.dilate_px if opts.mask_dilate is None else opts.mask_dilate
         culled = cull_by_masks(
             mesh, scene.world_projections()[train], [scene.mask(int(v)) for v in train],
-            dilate=opts.mask_dilate,
+            dilate=radius / float(getattr(scene, "downscale", 1)),  # photo pixels → masks'
         )  # fmt: skip
         mesh = submesh(culled, np.ones(len(culled.faces), bool))
     if opts.keep_largest or opts.min_component is not None:

@@ -16,7 +16,7 @@ from neurecon.errors import ConfigError, MeshExtractionError, MissingDependencyE
 from neurecon.eval.export import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
 from neurecon.metrics import mesh_chamfer
-from neurecon.metrics.dtu import evaluate_dtu_mesh
+from neurecon.metrics.dtu import evaluate_dtu_mesh, protocol
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ def dtu_metrics(scene: Scene, mesh: trimesh.Trimesh, opts: dict[str, Any]) -> di
         int(scan),
         world_mats=scene.world_projections() if masks is not None else None,
         masks=masks,
-        dilate=int(opts["dtu_mask_dilate"]),
+        protocol_name=str(opts.get("dtu_protocol") or "neus"),
+        dilate=opts.get("dtu_mask_dilate"),
+        # the protocols' dilations are in pixels of the photos; the masks may be downscaled
+        mask_scale=1.0 / float(getattr(scene, "downscale", 1)),
     )
+    log.info("DTU protocol %s", protocol(d["protocol"]).describe())
     return {f"dtu/{k}": v for k, v in d.items()}

@@ -19,7 +19,8 @@ class MetricOptions:
     lpips_net: Optional[str] = "alex"  # noqa: UP045  (OmegaConf reads the annotation)
     dtu_gt_root: Optional[str] = None  # noqa: UP045
     dtu_scan: Optional[int] = None  # noqa: UP045
-    dtu_mask_dilate: int = 12
+    dtu_protocol: str = "neus"  # mesh culling before the DTU evaluation (metrics/dtu.PROTOCOLS)
+    dtu_mask_dilate: Optional[float] = None  # noqa: UP045  (px of the photos; null: protocol's)
 
 
 METRIC_DEFAULTS: dict[str, Any] = asdict(MetricOptions())
@@ -40,9 +41,10 @@ class EvalSettings:
     """Args: device; chunk (rays per rendering chunk; halves on out-of-memory and stays so);
     mesh_resolution (0: no mesh); chamfer_points / chamfer_threshold (F-score threshold as a
     fraction of the object radius); seed (surface sampling); progress (bars); metrics (the
-    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_mask_dilate); video_frames (> 0:
-    a turntable video of that many frames); use_mask (``trainer.use_mask``: whether a masked
-    scene was trained with its masks, which decides the headline PSNR's reference)."""
+    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_protocol, dtu_mask_dilate);
+    video_frames (> 0: a turntable video of that many frames); use_mask (``trainer.use_mask``:
+    whether a masked scene was trained with its masks, which decides the headline PSNR's
+    reference)."""
 
     device: torch.device
     chunk: int = 2048

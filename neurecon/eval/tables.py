@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from neurecon.errors import NeuReconError
+from neurecon.errors import NeuReconError, one_line
 from neurecon.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,16 @@ _COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
 OPTIONAL_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("PSNR object↑", ("test/psnr_masked",), "{:.2f}"),
     ("PSNR photo↑", ("test/psnr_photo",), "{:.2f}"),
+    ("DTU acc.↓", ("dtu/accuracy",), "{:.3f}"),
+    ("DTU comp.↓", ("dtu/completeness",), "{:.3f}"),
 ]
+# ``--by-scene KEY`` with a metric key: that key alone (a scan without it shows "–" and is left
+# out of the mean; no fallback to another metric), under the papers' label.
+KEY_COLUMNS: dict[str, tuple[str, str]] = {
+    "dtu/overall": ("Chamfer (mm)↓", "{:.2f}"),
+    "dtu/accuracy": ("accuracy (mm)↓", "{:.2f}"),
+    "dtu/completeness": ("completeness (mm)↓", "{:.2f}"),
+}
 FORMATS = ("markdown", "csv", "json", "latex")
 
 
@@ -104,17 +114,23 @@ def read_run_record(path: Path) -> RunRecord | None:
         log.warning("%s: no metrics.json (unfinished run?); use --recompute to evaluate it", path)
         return None
     try:
-        metrics = json.loads(mfile.read_text())
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"{mfile}: not valid JSON ({e})") from None
+        metrics = json.loads(mfile.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise EvaluationError(f"{mfile}: not valid JSON ({one_line(e)})") from None
+    if not isinstance(metrics, dict):
+        raise EvaluationError(f"{mfile}: not a JSON object")
     rec = RunRecord(path, metrics)
     cfg_file, hydra_file = path / ".hydra" / "config.yaml", path / ".hydra" / "hydra.yaml"
-    if cfg_file.is_file():
-        rec.config = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False))
-    if hydra_file.is_file():
-        hy = OmegaConf.load(hydra_file)
-        choices = OmegaConf.select(hy, "hydra.runtime.choices", default={}) or {}
-        rec.choices = {k: str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
+    try:  # labels only: read as data, never resolved or built
+        if cfg_file.is_file():
+            rec.config = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False))
+        if hydra_file.is_file():
+            hy = OmegaConf.load(hydra_file)
+            choices = OmegaConf.select(hy, "hydra.runtime.choices", default={}) or {}
+            rec.choices = {str(k): str(v) for k, v in dict(choices).items()
+                           if not str(k).startswith("hydra")}  # fmt: skip
+    except Exception as e:  # a malformed YAML file in someone's run folder
+        raise EvaluationError(f"{path}/.hydra: unreadable config ({one_line(e)})") from None
     return rec
 
 
@@ -178,16 +194,25 @@ def pivot_table(
     runs: list[RunRecord], column: str
 ) -> tuple[list[str], list[list[str]], list[dict]]:
     """Paper-style table: one row per label, scenes as columns, mean at the end."""
-    spec = next(
-        (c for c in [*_COLUMNS, *OPTIONAL_COLUMNS] if c[0].lower().startswith(column.lower())), None
-    )
-    if spec is None:
-        raise EvaluationError(
-            f"--by-scene {column!r}: choose from {[c[0] for c in [*_COLUMNS, *OPTIONAL_COLUMNS]]}"
+    if column in KEY_COLUMNS:
+        spec = (KEY_COLUMNS[column][0], (column,), KEY_COLUMNS[column][1])
+    else:
+        spec = next(
+            (c for c in [*_COLUMNS, *OPTIONAL_COLUMNS] if c[0].lower().startswith(column.lower())),
+            None,
         )
+    if spec is None:
+        choices = [c[0] for c in [*_COLUMNS, *OPTIONAL_COLUMNS]] + list(KEY_COLUMNS)
+        raise EvaluationError(f"--by-scene {column!r}: choose from {choices}")
     scenes = sorted({r.scene for r in runs}, key=lambda s: (len(s), s))
     labels = list(dict.fromkeys(r.label for r in runs))
-    header = [spec[0], *scenes, "mean"]
+    # DTU scans as the papers head them: 24 37 40 ... (when every scene is a DTU scan)
+    scans = [re.fullmatch(r"dtu_scan(\d+)", s) for s in scenes]
+    heads = [m.group(1) for m in scans] if scans and all(scans) else scenes
+    if scans and all(scans):
+        order = sorted(range(len(scenes)), key=lambda i: int(heads[i]))
+        scenes, heads = [scenes[i] for i in order], [heads[i] for i in order]
+    header = [spec[0], *heads, "mean"]
     rows, raw = [], []
     for lab in labels:
         vals = {}
@@ -200,6 +225,18 @@ def pivot_table(
         rows.append([lab, *[_fmt(vals[s], spec[2]) for s in scenes], _fmt(mean, spec[2])])
         raw.append({"run": lab, **vals, "mean": mean})
     return header, rows, raw
+
+
+def protocol_note(runs: list[RunRecord]) -> str | None:
+    """The line printed under a table with DTU figures: which mesh culling produced them."""
+    from neurecon.metrics.dtu import PROTOCOLS
+
+    names = sorted({str(r.metrics["dtu/protocol"]) for r in runs if "dtu/protocol" in r.metrics})
+    if not names:
+        return None
+    described = [PROTOCOLS[n].describe() if n in PROTOCOLS else _plain_text(n) for n in names]
+    mixed = " (MIXED: these figures are not comparable)" if len(names) > 1 else ""
+    return "DTU protocol: " + "; ".join(described) + mixed
 
 
 def _plain_text(cell: Any) -> str:

@@ -1,56 +1,107 @@
-"""The DTU surface evaluation as used by NeuS / Neuralangelo papers.
+"""The DTU surface evaluation as used by NeuS / MonoSDF / Neuralangelo papers.
 
-It follows the widely used Python port of DTU's MATLAB evaluation (DTUeval-python):
+It follows DTU's MATLAB evaluation (``PointCompareMain.m``) as its widely used Python port
+(DTUeval-python) does:
 
-1. the mesh is culled by the (dilated) object masks of all views (``cull_by_masks``),
+1. the mesh is culled by the dilated object masks of all views, by a named protocol
+   (:data:`PROTOCOLS`: the papers differ in the dilation, which moves the figures),
 2. points are sampled on its triangles at ``density`` mm and thinned so that no two are closer
-   than ``density`` (greedy radius down-sampling),
-3. accuracy: distances from those points that fall inside the observability mask
-   ``ObsMask/ObsMask{scan}_10.mat`` to the STL ground truth ``Points/stl/stl{scan:03}_total.ply``,
-4. completeness: distances from the STL points above the plane ``ObsMask/Plane{scan}.mat`` to
-   the masked mesh points,
+   than ``density`` (greedy radius down-sampling in random order),
+3. the thinned points inside the bounding box ``BB`` (± ``patch`` mm) are the data; those that
+   also fall inside the observability mask ``ObsMask/ObsMask{scan}_10.mat`` are scored for
+   **accuracy**: their distances to the STL ground truth ``Points/stl/stl{scan:03}_total.ply``,
+4. **completeness**: distances from the STL points above the plane ``ObsMask/Plane{scan}.mat``
+   to *all* the data points in the box (MATLAB's ``MaxDistCP(Qdata, Qstl, BB, MaxDist)``): the
+   observability mask decides only which data points count for accuracy,
 5. each mean only over distances below ``max_dist`` (20 mm); overall = (accuracy + completeness)/2.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
 import trimesh
 from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
+from skimage.morphology import disk
+from tqdm import tqdm
 
-from neurecon.errors import DatasetError
+from neurecon.errors import ConfigError, DatasetError
+
+
+@dataclass(frozen=True)
+class CullProtocol:
+    """How a paper culls its mesh by the training masks before the DTU evaluation: a vertex is
+    kept when it projects inside the mask, dilated by a disk of ``dilate_px`` pixels of the
+    full-resolution photos (1600x1200), in every view whose image it falls in; a face is kept
+    when its three vertices are."""
+
+    name: str
+    dilate_px: int
+    source: str
+
+    def describe(self) -> str:
+        if self.dilate_px == 0:
+            return f"{self.name}: no mask culling"
+        return f"{self.name}: masks dilated by {self.dilate_px} px, all views ({self.source})"
+
+
+PROTOCOLS: dict[str, CullProtocol] = {
+    p.name: p
+    for p in (
+        # Totoro97/NeuS#3 and #74: "cleaned by the 2D masks with 50 pixels dilation".
+        CullProtocol("neus", 50, "NeuS's clean_mesh script"),
+        # MonoSDF's cull_scan: binary_dilation(mask, disk(24)), as UNISURF; Neuralangelo's
+        # evaluation uses the same script.
+        CullProtocol("monosdf", 24, "MonoSDF, Neuralangelo, UNISURF"),
+        # SphereGuided (Dogaru et al., 4.4): NeuralWarp's 12 px, used for every method there.
+        CullProtocol("neuralwarp", 12, "NeuralWarp, SphereGuided"),
+        CullProtocol("none", 0, "the raw mesh"),
+    )
+}
+
+
+def protocol(name: str) -> CullProtocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"DTU protocol {name!r}: choose from {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def cull_by_masks(
     mesh: trimesh.Trimesh,
     world_mats: np.ndarray,
     masks: np.ndarray,
-    dilate: int = 12,
+    dilate: float = 12,
 ) -> trimesh.Trimesh:
-    """Keep vertices that project inside the dilated mask of every view that sees them.
+    """Keep vertices that project inside the mask, dilated by a disk of radius ``dilate``
+    pixels, of every view that sees them; faces whose three vertices are kept.
 
     A vertex outside a view's image (or behind it) is not judged by that view.
     Args:
         world_mats: (V, 3, 4) or (V, 4, 4) world → pixel projections (DTU ``world_mat``).
         masks: (V, H, W) bool object masks at the resolution the projections refer to (or a
             sequence of per-view (H_i, W_i) masks).
-        dilate: mask dilation in pixels (a square structuring element).
+        dilate: the disk's radius in pixels of these masks (0: the masks as they are).
     """
     verts = np.c_[mesh.vertices, np.ones(len(mesh.vertices))]
     keep = np.ones(len(verts), dtype=bool)
-    struct = np.ones((dilate, dilate), bool) if dilate > 1 else None
+    radius = round(dilate)
+    foot = disk(radius).astype(bool) if radius > 0 else None
     for P, m in zip(world_mats, masks, strict=True):
         H, W = m.shape
-        m = binary_dilation(m, structure=struct) if struct is not None else m
+        m = binary_dilation(np.asarray(m, bool), structure=foot) if foot is not None else m
         p = verts @ np.asarray(P)[:3].T
         z = p[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
-            u, v = np.round(p[:, 0] / z).astype(np.int64), np.round(p[:, 1] / z).astype(np.int64)
-        visible = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            u, v = p[:, 0] / z, p[:, 1] / z
+        visible = (z > 0) & np.isfinite(u) & np.isfinite(v)
+        u = np.round(np.where(visible, u, -1)).astype(np.int64)
+        v = np.round(np.where(visible, v, -1)).astype(np.int64)
+        visible &= (u >= 0) & (u < W) & (v >= 0) & (v < H)
         inside = np.zeros(len(verts), dtype=bool)
         inside[visible] = m[v[visible], u[visible]]
         keep &= inside | ~visible
@@ -143,7 +194,8 @@ def dtu_chamfer(
     stl = gt["stl"]
     above = np.c_[stl, np.ones(len(stl))] @ gt["plane"] > 0
     d_acc, _ = cKDTree(stl).query(data_obs, workers=-1)
-    d_comp, _ = cKDTree(data_obs).query(stl[above], workers=-1)
+    # All data points in the box, not only the observable ones: DTU's definition.
+    d_comp, _ = cKDTree(data_in).query(stl[above], workers=-1)
     acc = float(d_acc[d_acc < max_dist].mean()) if (d_acc < max_dist).any() else float("nan")
     comp = float(d_comp[d_comp < max_dist].mean()) if (d_comp < max_dist).any() else float("nan")
     return {
@@ -160,12 +212,35 @@ def evaluate_dtu_mesh(
     scan: int,
     world_mats: np.ndarray | None = None,
     masks: np.ndarray | None = None,
-    dilate: int = 12,
+    protocol_name: str = "neus",
+    dilate: float | None = None,
+    mask_scale: float = 1.0,
     density: float = 0.2,
     max_dist: float = 20.0,
-) -> dict[str, float]:
-    """The full protocol on a world-frame mesh (mm). Culling is skipped without masks."""
-    gt = load_dtu_gt(gt_root, scan)
-    if world_mats is not None and masks is not None:
-        mesh = cull_by_masks(mesh, world_mats, masks, dilate)
-    return dtu_chamfer(sample_triangles(mesh, density), gt, density, max_dist)
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The full evaluation on a world-frame mesh (mm), culled by ``protocol_name``
+    (:data:`PROTOCOLS`; ``dilate`` overrides its radius, in full-resolution pixels).
+    ``mask_scale``: the masks' size over the photos' (1/4 for ``dataset.downscale=4``). Without
+    masks nothing is culled, and the result says so."""
+    chosen = protocol(protocol_name)
+    radius = chosen.dilate_px if dilate is None else float(dilate)
+    steps = ["read ground truth", "cull by masks", "sample", "thin, score"]
+    with tqdm(total=len(steps), desc="DTU evaluation", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str(steps[0])
+        gt = load_dtu_gt(gt_root, scan)
+        bar.update()
+        culled = chosen.name != "none" and world_mats is not None and masks is not None
+        if culled:
+            bar.set_postfix_str(steps[1])
+            mesh = cull_by_masks(mesh, world_mats, masks, radius * mask_scale)
+        bar.update()
+        bar.set_postfix_str(steps[2])
+        points = sample_triangles(mesh, density)
+        bar.update()
+        bar.set_postfix_str(steps[3])
+        res: dict[str, Any] = dtu_chamfer(points, gt, density, max_dist)
+        bar.update()
+    res["protocol"] = chosen.name if culled else "none"
+    res["mask_dilate_px"] = radius if culled else 0
+    return res
