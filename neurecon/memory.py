@@ -28,10 +28,12 @@ def retry_on_oom(fn: Callable[[int], T], chunk: int, what: str) -> tuple[T, int]
         except OOM_ERRORS:
             if chunk <= 1:
                 raise
-            chunk //= 2
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("%s: out of memory, retrying with chunk=%d", what, chunk)
+        # Out of the handler: the exception's traceback, which holds the failed call's frames
+        # and their tensors, is released now, so empty_cache can return their memory.
+        chunk //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("%s: out of memory, retrying with chunk=%d", what, chunk)
 
 
 def _release_free_memory() -> None:

@@ -193,3 +193,35 @@ def test_the_synthetic_config_lists_every_scene_argument():
     centres = np.asarray(scene.c2w[:, :3, 3], dtype=np.float64)  # normalised frame: about 0
     elevation = np.degrees(np.arcsin(centres[:, 2] / np.linalg.norm(centres, axis=1)))
     np.testing.assert_allclose(elevation, 30.0, atol=1e-3)
+
+
+def test_downscaled_intrinsics_use_the_exact_size_ratio_for_odd_sizes(tmp_path):
+    """A 33x25 photo downscaled by 2 is 16x12: resized by 16/33 and 12/25, not by 1/2. A blob
+    at a known full-size pixel must land where the loaded intrinsics project it (before, K
+    was scaled by 1/2 and missed by about half a pixel at the far edge)."""
+    from neurecon.data.neus import NeuSScene
+
+    h, w, (u0, v0) = 25, 33, (28.0, 20.0)
+    (tmp_path / "image").mkdir()
+    vv, uu = np.mgrid[0:h, 0:w].astype(np.float64)
+    blob = np.exp(-((uu - u0) ** 2 + (vv - v0) ** 2) / (2 * 1.5**2))
+    img = np.repeat((blob * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+    cams = {}
+    for i, c2w in enumerate(_poses(2)):
+        cams[f"world_mat_{i}"] = compose_projection(K_TRUE, c2w)
+        cams[f"scale_mat_{i}"] = SCALE
+        iio.imwrite(tmp_path / "image" / f"{i:06d}.png", img)
+    np.savez(tmp_path / "cameras_sphere.npz", **cams)
+    scene = NeuSScene(str(tmp_path), downscale=2, use_mask=False)
+    small = scene.image(0).astype(np.float64).mean(-1)  # (12, 16)
+    assert small.shape == (12, 16)
+    weight = np.clip(small - small.max() * 0.2, 0, None)
+    ys, xs = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
+    found = np.array([(xs * weight).sum(), (ys * weight).sum()]) / weight.sum()
+    # the blob's ray in the camera frame, projected with the loaded intrinsics
+    K_full, K = K_TRUE, scene.K[0].double().numpy()
+    ray = np.array([(u0 - K_full[0, 2]) / K_full[0, 0], (v0 - K_full[1, 2]) / K_full[1, 1], 1.0])
+    want = (K @ ray)[:2]
+    assert np.abs(found - want).max() < 0.15, (found, want)
+    naive = (np.array([u0, v0]) + 0.5) / 2 - 0.5  # what 1/factor gives
+    assert np.abs(found - naive).max() > 0.3  # so this size tells the two apart

@@ -171,7 +171,7 @@ def test_hashgrid_checkpoints_move_between_torch_and_tcnn(monkeypatch):
     FakeEncoding.size = HashGridEncoder(**kw).n_params
     monkeypatch.setitem(sys.modules, "tinycudann", types.SimpleNamespace(Encoding=FakeEncoding))
     monkeypatch.setattr(hashgrid, "tcnn_available", lambda: True)
-    tc = HashGridEncoder(backend="tcnn", **kw)
+    tc = HashGridEncoder(backend="tcnn", device="cuda", **kw)
     assert tc.tcnn is not None
     with torch.no_grad():
         tc.tcnn.params.normal_()
@@ -180,7 +180,7 @@ def test_hashgrid_checkpoints_move_between_torch_and_tcnn(monkeypatch):
     th = HashGridEncoder(backend="torch", **kw)
     th.load_state_dict(sd)  # strict
     assert torch.equal(th.embeddings.flatten(), tc.tcnn.params)
-    tc2 = HashGridEncoder(backend="tcnn", **kw)
+    tc2 = HashGridEncoder(backend="tcnn", device="cuda", **kw)
     tc2.load_state_dict(th.state_dict())
     assert torch.equal(tc2.tcnn.params, tc.tcnn.params)
     tc2.load_state_dict({"tcnn.params": tc.tcnn.params.detach().clone()})  # older tcnn files

@@ -309,3 +309,41 @@ def test_the_kernel_table_runs_clean_under_address_and_undefined_sanitizers(tmp_
     assert "AddressSanitizer" not in tail and "runtime error" not in tail, tail
     assert list((tmp_path / "cache").glob("hashgrid_cpu_*.so")), "no sanitized build was made"
     assert " passed" in done.stdout and "skipped" not in done.stdout, tail  # the table ran
+
+
+def test_the_backend_is_chosen_for_the_fields_device(monkeypatch):
+    """With CUDA and tinycudann present, a field that runs on the CPU (trainer.device=cpu)
+    gets no tcnn (which then raised at the first forward) nor compiled Triton."""
+    from neurecon.encoders import hashgrid
+
+    monkeypatch.setattr(hashgrid, "tcnn_available", lambda: True)
+    monkeypatch.setattr(hashgrid, "triton_available", lambda: True)
+    monkeypatch.setattr(hashgrid.torch.cuda, "is_available", lambda: True)
+    assert hashgrid.select_backend("auto", "cuda") == "tcnn"
+    assert hashgrid.select_backend("auto", "auto") == "tcnn"
+    assert hashgrid.select_backend("auto", "cpu") in ("cpu", "torch")
+    assert hashgrid.select_backend("tcnn", "cpu") == "torch"  # warned, not raised later
+    from conftest import compose_cfg
+
+    cfg = compose_cfg(["encoder=hashgrid", "trainer.device=cpu"])
+    assert cfg.encoder.device == "cpu"  # the config passes the trainer's device on
+
+
+def test_compiled_graphs_trace_the_plain_torch_ops_even_with_the_triton_backend(monkeypatch):
+    """Under torch.compile the encoder must take ``_encode_torch`` (compiled graphs cannot
+    trace the hand-written autograd), also when ``encoder.backend=triton`` (which used to be
+    checked first). Runs under TRITON_INTERPRET=1 on a CPU."""
+    if not interpreting():
+        pytest.skip("needs TRITON_INTERPRET=1 (set by conftest.py without CUDA)")
+    enc = HashGridEncoder(n_levels=2, log2_table_size=8, max_resolution=16, backend="triton",
+                          include_input=False).to(DEVICE)  # fmt: skip
+    x = torch.rand(10, 3, device=DEVICE) * 2 - 1
+    eager = enc(x)
+    assert enc.ran == "triton"
+    calls = []
+    real = enc._encode_torch
+    monkeypatch.setattr(enc, "_encode_torch", lambda u: calls.append(1) or real(u))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = enc(x)
+    assert calls == [1]
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)

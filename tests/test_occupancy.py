@@ -5,18 +5,17 @@ CUDA-only packages."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, compose_cfg
 from test_render import R
-from torch import nn
 
 from neurecon.build import build
 from neurecon.data.cameras import sphere_near_far
@@ -278,28 +277,69 @@ def test_grid_state_round_trips_through_the_renderer_state_dict():
     assert torch.equal(r2.grid.binary, r.grid.binary)
 
 
-class _FakeEstimator(nn.Module):
-    """Stands in for nerfacc.OccGridEstimator: an nn.Module with buffers, as the real one."""
+def _nerfacc_sampling_in_torch(
+    self,
+    rays_o,
+    rays_d,
+    t_min=None,
+    t_max=None,
+    render_step_size=1e-3,
+    near_plane=0.0,
+    far_plane=1e10,
+    **kw,
+):
+    """nerfacc.OccGridEstimator.sampling for one level, in torch, honouring the estimator's
+    real state (its ``aabbs`` and ``binaries``): on a CPU nerfacc's own traversal needs CUDA,
+    and a double that ignored the grid is how the empty-grid probe hid (the GPU path was dead
+    on every machine)."""
+    lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
+    R = self.binaries.shape[-1]
+    near = torch.full((len(rays_o),), near_plane) if t_min is None else t_min.clamp_min(near_plane)
+    far = torch.full((len(rays_o),), far_plane) if t_max is None else t_max.clamp_max(far_plane)
+    far = far.clamp_max(10.0)  # the rays here stay within a few units of the box
+    K = math.ceil(float((far - near).max()) / render_step_size) + 1
+    t0 = near[:, None] + render_step_size * torch.arange(K, dtype=rays_o.dtype)
+    mid = rays_o[:, None] + rays_d[:, None] * (t0 + 0.5 * render_step_size)[..., None]
+    ijk = ((mid - lo) / (hi - lo) * R).floor().long()
+    inside = ((ijk >= 0) & (ijk < R)).all(-1) & (t0 + render_step_size <= far[:, None] + 1e-6)
+    ijk = ijk.clamp(0, R - 1)
+    occ = self.binaries[0][ijk[..., 0], ijk[..., 1], ijk[..., 2]] & inside
+    ray, k = occ.nonzero(as_tuple=True)
+    return ray, t0[ray, k], t0[ray, k] + render_step_size
 
-    def __init__(self, roi_aabb, resolution, levels, broken=False):
-        super().__init__()
-        self.register_buffer("occs", torch.zeros(levels * resolution**3))
-        self.register_buffer("binaries", torch.zeros(levels, resolution, resolution, resolution))
-        self.broken = broken
 
-    def sampling(self, o, d, t_min=None, t_max=None, render_step_size=0.1, **kw):
-        if self.broken:  # what nerfacc 0.5.3 does when its kernels were never built (_C = None)
-            raise AttributeError("'NoneType' object has no attribute 'ray_aabb_intersect'")
-        n = 4
-        t0 = torch.arange(n, dtype=o.dtype, device=o.device) * render_step_size
-        return torch.zeros(n, dtype=torch.long, device=o.device), t0, t0 + render_step_size
+def _broken_sampling(self, *a, **kw):  # nerfacc 0.5.3 when its kernels were never built
+    raise AttributeError("'NoneType' object has no attribute 'ray_aabb_intersect'")
 
 
 def _fake_nerfacc(monkeypatch, broken: bool):
-    mod = types.ModuleType("nerfacc")
-    mod.OccGridEstimator = lambda **kw: _FakeEstimator(**kw, broken=broken)
-    monkeypatch.setitem(sys.modules, "nerfacc", mod)
+    """The real nerfacc package (its estimator, buffers and initial state), with its CUDA
+    traversal replaced by the torch equivalent above (or by the error of unbuilt kernels)."""
+    nerfacc = pytest.importorskip("nerfacc")
+    sampling = _broken_sampling if broken else _nerfacc_sampling_in_torch
+    monkeypatch.setattr(nerfacc.OccGridEstimator, "sampling", sampling)
     monkeypatch.setattr(occupancy, "_PROBED", {})
+    return nerfacc
+
+
+def test_the_probe_fills_nerfaccs_empty_grid_and_checks_its_samples(monkeypatch):
+    """nerfacc creates its estimator with ``binaries`` all False: through it the probe ray
+    gets no sample, so the probe failed everywhere and ``auto`` never chose nerfacc. The
+    probe's estimator is full, its samples are the expected ones, and the fresh estimator, as
+    nerfacc makes it, indeed fails the same check."""
+    nerfacc = _fake_nerfacc(monkeypatch, broken=False)
+    fresh = nerfacc.OccGridEstimator(roi_aabb=[-1.0] * 3 + [1.0] * 3, resolution=4, levels=1)
+    assert not bool(fresh.binaries.any())  # nerfacc's real initial state
+    est = occupancy.probe_estimator(nerfacc, "cpu")
+    assert bool(est.binaries.all())
+    ray, t0, t1 = est.sampling(*occupancy.probe_ray("cpu"), render_step_size=occupancy.PROBE_STEP)
+    occupancy.check_probe_samples(ray, t0, t1)
+    assert torch.allclose(t0, torch.tensor([1.0, 1.5, 2.0, 2.5]))
+    with pytest.raises(RuntimeError, match="gave 0 samples"):  # the old probe's estimator
+        occupancy.check_probe_samples(
+            *fresh.sampling(*occupancy.probe_ray("cpu"), render_step_size=occupancy.PROBE_STEP)
+        )
+    assert occupancy.probe_nerfacc("cpu") is None  # the whole probe passes with real state
 
 
 def test_nerfacc_march_leaves_checkpoint_keys_unchanged(monkeypatch):
@@ -309,7 +349,9 @@ def test_nerfacc_march_leaves_checkpoint_keys_unchanged(monkeypatch):
     r = NeuSRenderer(grid=OccupancyGrid(resolution=16))
     r.update_step(1, OffCentreSphereSDF())
     o, d = torch.zeros(2, 3), torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    r.grid._march_nerfacc(o, d, torch.zeros(2), torch.ones(2), perturb=False)
+    ray, t0, _ = r.grid._march_nerfacc(o, d, torch.zeros(2), torch.ones(2), perturb=False)
+    # the estimator marched our grid (not an empty one): the same samples as the torch march
+    assert len(t0) > 0 and bool(r.grid.occupied(o[ray] + d[ray] * t0[:, None] + 1e-4).any())
     assert r.grid._estimator and not any("_estimator" in k for k in r.state_dict())
     fresh = NeuSRenderer(grid=OccupancyGrid(resolution=16))
     fresh.load_state_dict(r.state_dict())  # strict

@@ -338,3 +338,27 @@ def test_lr_back_off_compounds_when_rolling_back_to_the_same_snapshot(tmp_path):
     assert m["final/lr/network"] == pytest.approx(
         5e-3 * 0.25 * lr_factor(40, 40, 100, "cosine", 0.05), rel=1e-6
     )
+
+
+def test_oom_retry_frees_the_failed_calls_tensors_before_emptying_the_cache(monkeypatch):
+    """empty_cache() can only return memory nothing references: the tensors of the call that
+    ran out must be gone (the exception's traceback held them) when it runs."""
+    import weakref
+
+    from neurecon import memory
+
+    refs: list[weakref.ref] = []
+    alive_at_empty: list[bool] = []
+
+    def fn(chunk):
+        if chunk > 4:
+            big = torch.empty(1000)
+            refs.append(weakref.ref(big))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return chunk
+
+    monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(memory.torch.cuda, "empty_cache",
+                        lambda: alive_at_empty.append(refs[-1]() is not None))  # fmt: skip
+    assert memory.retry_on_oom(fn, 16, "test") == (4, 4)
+    assert alive_at_empty == [False, False]

@@ -16,7 +16,7 @@ import numpy as np
 from neurecon.data.cameras import check_cameras
 from neurecon.data.distortion import downscale_valid, remap
 from neurecon.data.io import downscale_image, load_rgb
-from neurecon.data.neus import downscale_intrinsics
+from neurecon.data.neus import resized_intrinsics
 from neurecon.data.posed import normalise_poses, similarity
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError, one_line
@@ -133,7 +133,7 @@ class ColmapScene(Scene):
             if downscale > 1:
                 img = downscale_image(img, downscale)
                 ok = None if ok is None else downscale_valid(ok, downscale)
-                K = downscale_intrinsics(K, downscale)
+                K = resized_intrinsics(K, (cam.height, cam.width), img.shape[:2])  # exact
             w2c = np.eye(4)
             w2c[:3] = np.asarray(im.cam_from_world().matrix())
             images.append(img)  # sizes may differ: one camera per size (or per image)

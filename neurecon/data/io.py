@@ -107,6 +107,17 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header (no decoding)."""
+    try:
+        shape = iio.improps(path).shape
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot decode image ({one_line(e)})") from None
+    if len(shape) < 2:
+        raise DatasetError(f"{path}: unsupported image shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
 def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
     if img.dtype == np.uint8:
         return img

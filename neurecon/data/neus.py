@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from neurecon.data.cameras import CameraError, check_cameras, decompose_projection
-from neurecon.data.io import list_images, load_mask, load_npz, load_rgb, parsing
+from neurecon.data.io import image_size, list_images, load_mask, load_npz, load_rgb, parsing
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError
 
@@ -49,12 +49,26 @@ def cameras_from_neus(
 
 def downscale_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
     """Intrinsics after resizing by 1/``factor`` (pixel centres at integer coordinates)."""
-    K = K.copy()
-    K[..., 0, 0] /= factor
-    K[..., 1, 1] /= factor
-    K[..., 0, 1] /= factor
-    K[..., :2, 2] = (K[..., :2, 2] + 0.5) / factor - 0.5
+    return scale_intrinsics(K, 1.0 / factor, 1.0 / factor)
+
+
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Intrinsics (..., 3, 3) of an image resized by ``sx`` across and ``sy`` down (the new
+    size over the old: ``w / W``, ``h / H``), pixel centres at integer coordinates. An image
+    whose size the downscale factor does not divide is resized by exactly these ratios
+    (:func:`neurecon.data.io.downscale_image`), not by 1/factor."""
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, 0] *= sx
+    K[..., 0, 1] *= sx
+    K[..., 1, 1] *= sy
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
     return K
+
+
+def resized_intrinsics(K: np.ndarray, full: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+    """``K`` of a (H, W) = ``full`` image for its resized (h, w) = ``new`` copy."""
+    return scale_intrinsics(K, new[1] / full[1], new[0] / full[0])
 
 
 class NeuSScene(Scene):
@@ -112,8 +126,6 @@ class NeuSScene(Scene):
             scale_mats = [np.asarray(cams.get(f"scale_mat_{i}", np.eye(4)), np.float64)
                           for i in range(n)]  # fmt: skip
             K, c2w, to_world = cameras_from_neus(world_mats, scale_mats, str(cam_path))
-            K = downscale_intrinsics(K, float(downscale))
-        check_cameras(K, c2w, to_world, str(cam_path))
 
         first = load_rgb(image_paths[0], downscale)
         # One uint8 array while the sizes agree (no copy into the scene); a per-image list
@@ -128,6 +140,10 @@ class NeuSScene(Scene):
                 images.append(img)
             else:
                 images[i] = img
+        if int(downscale) > 1:  # by each image's exact size ratio (odd sizes round down)
+            K = np.stack([resized_intrinsics(K[i], image_size(p), images[i].shape[:2])
+                          for i, p in enumerate(image_paths)])  # fmt: skip
+        check_cameras(K, c2w, to_world, str(cam_path))
 
         masks = None
         if use_mask == "auto":

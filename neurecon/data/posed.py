@@ -24,8 +24,16 @@ from neurecon.data.distortion import (
     opencv_distortion,
     undistort,
 )
-from neurecon.data.io import composite, list_images, load_npy, load_rgb, load_rgba, parsing
-from neurecon.data.neus import downscale_intrinsics
+from neurecon.data.io import (
+    composite,
+    image_size,
+    list_images,
+    load_npy,
+    load_rgb,
+    load_rgba,
+    parsing,
+)
+from neurecon.data.neus import resized_intrinsics
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError, one_line
 
@@ -199,7 +207,10 @@ class NGPScene(Scene):
                     continue
                 rgb, alpha = load_rgba(img_path, downscale)
                 H, W = rgb.shape[:2]
-                Wf, Hf = float(cam.get("w", W * downscale)), float(cam.get("h", H * downscale))
+                if "w" in cam and "h" in cam:  # the size the intrinsics refer to
+                    Hf, Wf = float(cam["h"]), float(cam["w"])
+                else:
+                    Hf, Wf = (float(x) for x in image_size(img_path))
                 if "fl_x" in cam:
                     fx = float(cam["fl_x"])
                     fy = float(cam.get("fl_y", fx))
@@ -211,7 +222,8 @@ class NGPScene(Scene):
                     )
                 # ngp's cx, cy are in continuous pixel units (centre of pixel 0 at 0.5).
                 cx, cy = float(cam.get("cx", Wf / 2)) - 0.5, float(cam.get("cy", Hf / 2)) - 0.5
-                K = downscale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), downscale)
+                K_full = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+                K = resized_intrinsics(K_full, (Hf, Wf), (H, W))  # exact ratios, odd sizes too
                 ok = None
                 if distort is not None:  # distortion is in normalised coordinates: any scale
                     rgb, ok = undistort(rgb, K, distort)

@@ -49,15 +49,20 @@ def tcnn_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("tinycudann") is not None
 
 
-def select_backend(backend: str) -> str:
-    """The backend that runs for ``encoder.backend``: ``auto`` takes the fastest that can run
-    here (tcnn, then triton, then the C kernels, then torch); an explicit one that cannot run
-    warns once and falls back to torch. (On CPU tensors the encoder also uses the C kernels
-    under ``auto`` and ``triton``, where they can run: see ``HashGridEncoder.forward``.)"""
+def select_backend(backend: str, device: str = "auto") -> str:
+    """The backend that runs for ``encoder.backend`` on the field's ``device`` (``auto``: CUDA
+    when present): ``auto`` takes the fastest that can run there (tcnn, then triton, then the C
+    kernels, then torch); an explicit one that cannot run warns once and falls back to torch.
+    A CPU device never gets tcnn or (outside Triton's interpreter) triton, even on a machine
+    with CUDA. (On CPU tensors the encoder also uses the C kernels under ``auto`` and
+    ``triton``, where they can run: see ``HashGridEncoder.forward``.)"""
+    on_cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
     can = {  # asked lazily: the C kernels are built on first use
         "torch": lambda: True,
-        "tcnn": tcnn_available,
-        "triton": lambda: triton_available() or (backend == "triton" and interpreting()),
+        "tcnn": lambda: on_cuda and tcnn_available(),
+        "triton": lambda: (
+            (on_cuda and triton_available()) or (backend == "triton" and interpreting())
+        ),
         "cpu": cpu_kernels_available,
     }
     if backend == "auto":
@@ -100,6 +105,8 @@ class HashGridEncoder(nn.Module):
         progressive_levels, level_every: Neuralangelo's coarse-to-fine schedule: only the
             coarsest ``progressive_levels`` levels are active at first (finer ones output zeros)
             and one more joins every ``level_every`` steps. None: all levels from the start.
+        device: the device the field will run on (``trainer.device``), which the backend is
+            chosen for.
     Shapes: (N, 3) → (N, out_dim), ``out_dim = n_levels * n_features (+ 3)``.
     """
 
@@ -116,6 +123,7 @@ class HashGridEncoder(nn.Module):
         backend: str = "auto",
         progressive_levels: int | None = None,
         level_every: int = 500,
+        device: str = "auto",
     ) -> None:
         super().__init__()
         if in_dim != 3:
@@ -182,7 +190,8 @@ class HashGridEncoder(nn.Module):
             "base_resolution": base_resolution,
             "per_level_scale": self.per_level_scale,
         }
-        self.backend = select_backend(backend)
+        self.backend = select_backend(backend, device)
+        self.ran: str | None = None  # the backend the last forward really used
         self.tcnn: nn.Module | None = None
         if self.backend == "tcnn":
             import tinycudann as tcnn  # CUDA-only; reached only when it can run
@@ -254,16 +263,16 @@ class HashGridEncoder(nn.Module):
         if self.tcnn is not None:
             if not u.is_cuda:
                 raise ConfigError("encoder.backend=tcnn runs on CUDA only (trainer.device=cpu?)")
-            out = self.tcnn(u).float()
+            out, self.ran = self.tcnn(u).float(), "tcnn"
+        elif torch.compiler.is_compiling():  # before triton: compiled graphs trace plain ops
+            out = self._encode_torch(u)  # (see _encode_torch)
         elif self.backend == "triton" and (u.is_cuda or interpreting()):
-            out = hash_encode(u, self.embeddings, self.levels())
-        elif torch.compiler.is_compiling():  # see _encode_torch
-            out = self._encode_torch(u)
+            out, self.ran = hash_encode(u, self.embeddings, self.levels()), "triton"
         elif not u.is_cuda and self.backend != "torch" and cpu_kernels_available():
-            out = cpu_encode(u, self.embeddings, self.levels())
+            out, self.ran = cpu_encode(u, self.embeddings, self.levels()), "cpu"
         else:  # torch; or no C compiler
             c = TorchCorners(u, self.levels())
-            out = autograd_encode(u, c.gather(self.embeddings), c)
+            out, self.ran = autograd_encode(u, c.gather(self.embeddings), c), "torch"
         if self._active < self.n_levels:
             keep = torch.arange(self.n_levels, device=out.device) < self._active
             out = out * keep.repeat_interleave(self.n_features).to(out.dtype)

@@ -55,18 +55,45 @@ def probe_nerfacc(device: torch.device | str) -> str | None:
         try:
             import nerfacc
 
-            est = nerfacc.OccGridEstimator(
-                roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=4, levels=1
-            ).to(device)
-            o = torch.tensor([[0.0, 0.0, -2.0]], device=device)
-            d = torch.tensor([[0.0, 0.0, 1.0]], device=device)
-            t0 = est.sampling(o, d, render_step_size=0.5)[1]
-            if len(t0) == 0:
-                raise RuntimeError("the test ray through the grid gave no samples")
+            check_probe_samples(*probe_estimator(nerfacc, device).sampling(
+                *probe_ray(device), render_step_size=PROBE_STEP, early_stop_eps=0.0))  # fmt: skip
             _PROBED[key] = None
         except Exception as e:  # ImportError, the kernels' AttributeError, build errors, ...
             _PROBED[key] = f"{type(e).__name__}: {e}"
     return _PROBED[key]
+
+
+PROBE_STEP = 0.5
+
+
+def probe_ray(device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """One ray along +z from z = -2: through the probe's box [-1, 1]³ for t in [1, 3]."""
+    return (torch.tensor([[0.0, 0.0, -2.0]], device=device),
+            torch.tensor([[0.0, 0.0, 1.0]], device=device))  # fmt: skip
+
+
+def probe_estimator(nerfacc: Any, device: torch.device | str) -> Any:
+    """A 4³ nerfacc estimator over [-1, 1]³ with every cell occupied. nerfacc creates its
+    ``binaries`` as zeros (an empty grid), through which any ray gets no sample: the probe
+    must fill them, or it fails on every machine."""
+    est = nerfacc.OccGridEstimator(
+        roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=4, levels=1
+    ).to(device)
+    est.binaries.fill_(True)
+    return est
+
+
+def check_probe_samples(ray: Tensor, t0: Tensor, t1: Tensor) -> None:
+    """The probe ray's samples must be the expected ones: about (3 - 1) / step of them, each of
+    one step, all on ray 0 and with midpoints inside the box."""
+    n = len(t0)
+    if not 3 <= n <= 5:
+        raise RuntimeError(f"the probe ray gave {n} samples, expected about 4")
+    mid = -2.0 + 0.5 * (t0 + t1)  # z of the midpoints
+    if bool((ray != 0).any()) or not bool(((t1 - t0 - PROBE_STEP).abs() < 1e-4).all()):
+        raise RuntimeError("the probe ray's samples are not one step each on its ray")
+    if not bool(((mid >= -1.0 - 1e-4) & (mid <= 1.0 + 1e-4)).all()):
+        raise RuntimeError("the probe ray's samples lie outside the grid")
 
 
 class OccupancyGrid(nn.Module):
@@ -121,6 +148,8 @@ class OccupancyGrid(nn.Module):
         # nn.Module would register it as a submodule and its buffers would enter state_dict.
         self._estimator: list[nn.Module] = []
         self._warned = False
+        self._resolved: dict[str, str] = {}  # device → the backend proven for it
+        self.marches = {"torch": 0, "nerfacc": 0}  # marches per backend that really ran
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Checkpoints written before the estimator was kept out of the tree carry its buffers.
@@ -187,7 +216,14 @@ class OccupancyGrid(nn.Module):
             self._warned = True
 
     def resolve_backend(self, device: torch.device) -> str:
-        """The backend marches on ``device`` will use; proves nerfacc first (see module doc)."""
+        """The backend marches on ``device`` will use; proves nerfacc first (see module doc).
+        Decided once per device (no package lookup on every march)."""
+        key = str(device)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve_backend(device)
+        return self._resolved[key]
+
+    def _resolve_backend(self, device: torch.device) -> str:
         if self.backend == "torch" or device.type != "cuda":
             if self.backend == "nerfacc":
                 self._warn_once("renderer.grid.backend=nerfacc needs CUDA; using the torch backend")
@@ -219,7 +255,9 @@ class OccupancyGrid(nn.Module):
         Shapes: o, d (B, 3); near, far (B,) → ray_indices (N,) long, t_starts, t_ends (N,).
         ``perturb`` shifts each ray's sample grid by a random fraction of a step.
         """
-        if self.resolve_backend(o.device) == "nerfacc":
+        backend = self.resolve_backend(o.device)
+        self.marches[backend] += 1  # which backend really ran (reported, and tested on CUDA)
+        if backend == "nerfacc":
             return self._march_nerfacc(o, d, near, far, perturb)
         dt = self.step_size
         near, far = self._clip_to_occupied_box(o, d, near, far)
