@@ -126,7 +126,7 @@ def test_absurd_lr_never_yields_a_silent_nan_mesh(tmp_path):
 
 def test_checkpoint_write_interrupted_leaves_old_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "step_0000010.ckpt"
-    save_checkpoint(path, {"step": 10, "w": torch.ones(3)})
+    save_checkpoint(path, {"step": 10, "field": {"w": torch.ones(3)}})
 
     def dying_save(obj, f, *a, **k):
         with open(f, "wb") as fh:
@@ -135,7 +135,7 @@ def test_checkpoint_write_interrupted_leaves_old_file_intact(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"step": 20, "w": torch.zeros(3)})
+        save_checkpoint(path, {"step": 20, "field": {"w": torch.zeros(3)}})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000010.ckpt"]

@@ -40,6 +40,7 @@ def test_tiny_training_lowers_loss_and_reconstructs_offset_sphere(tmp_path):
     assert abs(r.mean() - 0.5 * scale) < 0.03 * scale, r.mean()
     assert m["chamfer/relative"] < 0.03, m  # ~0.018 measured over seeds 0-2; untrained ~0.12
     assert m["test/psnr"] > 20 and m["status"] == "completed"
+    assert m["backend/march"] == "torch"  # the CPU march (nerfacc never on a CPU)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["chamfer/mean"] == pytest.approx(m["chamfer/mean"])
 

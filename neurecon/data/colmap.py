@@ -41,10 +41,48 @@ def read_model(path: Path):
     for name in ("cameras", "images", "points3D"):
         if not any((path / f"{name}.{ext}").is_file() for ext in ("bin", "txt")):
             raise DatasetError(f"COLMAP model {path}: {name}.bin or {name}.txt is missing")
+    _probe_model(path)
     try:
         return pycolmap.Reconstruction(str(path))
     except Exception as e:  # pycolmap raises plain RuntimeErrors for malformed files
         raise DatasetError(f"COLMAP model {path} cannot be read: {one_line(e)}") from None
+
+
+# A child reads the model first, under these limits: pycolmap trusts the counts in a .bin file,
+# and a corrupted one makes it allocate without bound, hang or crash (found by fuzzing).
+PROBE_TIMEOUT_S = 300.0
+PROBE_MEMORY_BYTES = 4 << 30  # plus 100x the model's size (a dense model needs more)
+
+_PROBE = "import sys, pycolmap; pycolmap.Reconstruction(sys.argv[1])"
+
+
+def _probe_model(path: Path) -> None:
+    """Load the model in a child process with a time and address-space limit; raise
+    :class:`DatasetError` naming the folder when the child fails, crashes or runs out."""
+    import resource
+    import subprocess
+    import sys
+
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    limit = PROBE_MEMORY_BYTES + 100 * size
+
+    def restrict() -> None:  # in the child, before it starts
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S, preexec_fn=restrict)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise DatasetError(
+            f"COLMAP model {path} cannot be read: still reading after {PROBE_TIMEOUT_S:.0f} s "
+            "(a corrupted file?)"
+        ) from None
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
+        why = lines[-1] if lines else f"the reader died with code {done.returncode}"
+        if done.returncode < 0 or "bad_alloc" in done.stderr or "MemoryError" in done.stderr:
+            why = f"the reader crashed or ran out of memory ({one_line(why, 160)})"
+        raise DatasetError(f"COLMAP model {path} cannot be read: {one_line(why, 240)}")
 
 
 def robust_sphere(

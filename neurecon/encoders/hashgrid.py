@@ -250,6 +250,10 @@ class HashGridEncoder(nn.Module):
         out = torch.einsum("lnc,lncf->nlf", c.w, c.gather(self.embeddings))
         return out.reshape(u.shape[0], self.n_levels * self.n_features)  # also for no point
 
+    def backend_report(self) -> dict[str, str]:
+        """Which backend the last forward really used (for metrics.json: ``backend/encoder``)."""
+        return {"backend/encoder": self.ran or "none"}
+
     def levels(self) -> Levels:
         """Per-level constants for the encoding's primitives (on the encoder's device)."""
         i64 = torch.int64

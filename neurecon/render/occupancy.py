@@ -151,6 +151,10 @@ class OccupancyGrid(nn.Module):
         self._resolved: dict[str, str] = {}  # device → the backend proven for it
         self.marches = {"torch": 0, "nerfacc": 0}  # marches per backend that really ran
 
+    def backend_report(self) -> dict[str, str]:
+        """Which march backends really ran (for metrics.json: ``backend/march``)."""
+        return {"backend/march": "+".join(k for k, v in self.marches.items() if v) or "none"}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Checkpoints written before the estimator was kept out of the tree carry its buffers.
         for k in [k for k in state_dict if k.startswith(prefix + "_estimator.")]:

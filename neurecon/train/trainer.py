@@ -205,6 +205,8 @@ class Trainer:
         metrics = self._base_metrics(scene, "time_limit" if self.stop_reason else "completed")
         metrics.update({"stop_reason": self.stop_reason} if self.stop_reason else {})
         metrics["train_time_s"] = self.train_time
+        for module in (*field.modules(), *renderer.modules()):  # which backends really ran
+            metrics.update(getattr(module, "backend_report", dict)())
         if self.compiled:
             metrics["compile_s"] = self.compile_s
         metrics = evaluate_run(
