@@ -113,3 +113,27 @@ def test_csv_and_tensorboard_loggers(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb" / "tb"))
     acc.Reload()
     assert {"loss", "inv_s", "test/psnr"} <= set(acc.Tags()["scalars"])
+
+
+def test_train_psnr_follows_the_test_rule_on_masked_scenes():
+    """A render that is perfect on the object, over a background colour the photos do not
+    share (white in some views of a release, dark in others): the bar's train/psnr is the
+    object's, as test/psnr_masked, not the 6 dB of the whole photo; train/psnr_photo keeps
+    that figure under its own name."""
+    import torch
+
+    from neurecon.metrics import psnr
+    from neurecon.train.callbacks import train_psnr
+
+    g = torch.Generator().manual_seed(0)
+    obj = torch.rand(256, 3, generator=g)
+    mask = (torch.rand(256, generator=g) > 0.5).float()
+    photo = torch.where(mask[:, None] > 0, obj, torch.ones(256, 3))  # white photo background
+    noise = 0.01 * torch.randn(256, 3, generator=g)
+    render = torch.where(mask[:, None] > 0, obj + noise, torch.zeros(256, 3))  # black render bg
+    out = train_psnr(render, photo, mask)
+    fg = mask.numpy() > 0.5
+    want = psnr((obj + noise).numpy()[fg], obj.numpy()[fg])
+    assert out["train/psnr"] == pytest.approx(want) and out["train/psnr"] > 35
+    assert out["train/psnr_photo"] < 8  # what the bar showed before
+    assert set(train_psnr(render, photo, None)) == {"train/psnr"}  # unmasked: the photo

@@ -9,7 +9,6 @@ tests inject faults the same way (``tests/faults.py``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from neurecon.eval import score_views
+from neurecon.metrics import psnr
 
 if TYPE_CHECKING:
     from neurecon.train.state import TrainState
@@ -55,6 +55,20 @@ class Callback:
         return False
 
 
+def train_psnr(color: Tensor, rgb: Tensor, mask: Tensor | None) -> dict[str, float]:
+    """The batch's PSNR by the test PSNR's rule: with masks (training uses them), over the
+    foreground rays only, as ``test/psnr_masked``: the photos' own backgrounds (white in some
+    views of a release, grey or dark in others) are not what a masked render is asked to
+    produce. The PSNR against the whole photo is then ``train/psnr_photo``. color, rgb (B, 3);
+    mask (B,) in {0, 1} or None."""
+    c, g = color.detach().cpu().numpy(), rgb.detach().cpu().numpy()  # a logged step: one copy
+    if mask is None:
+        return {"train/psnr": psnr(c, g)}
+    fg = mask.detach().cpu().numpy() > 0.5
+    return {"train/psnr": psnr(c, g, fg) if fg.any() else float("nan"),
+            "train/psnr_photo": psnr(c, g)}  # fmt: skip
+
+
 class LogCallback(Callback):
     """Every ``every`` steps (and the last): a row of loss terms, train PSNR, learning rates,
     the field's own figures (``field.stats()``), throughput and guard counters, to the logger,
@@ -68,8 +82,8 @@ class LogCallback(Callback):
         if not (step % self.every == 0 or step == trainer.max_steps):
             return False
         r, batch, loss, opt = stats["render"], stats["batch"], stats["loss"], state.optimizer
-        mse = ((r.color.float() - batch.rgb) ** 2).mean().item()
-        row = {"step": step, "loss": loss.item(), "train/psnr": -10 * math.log10(max(mse, 1e-10))}
+        row = {"step": step, "loss": loss.item(),
+               **train_psnr(r.color.float(), batch.rgb, stats.get("mask"))}  # fmt: skip
         row.update({f"loss/{k}": v.item() for k, v in stats["terms"].items()})
         row.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)})
         row.update(state.field.stats())

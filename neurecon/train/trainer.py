@@ -284,7 +284,8 @@ class Trainer:
             self.bar.update(1)
             self.step = state.step
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss, "terms": terms,
-                     "render": r, "batch": batch, "samples_total": samples_total}  # fmt: skip
+                     "render": r, "batch": batch, "samples_total": samples_total,
+                     "mask": batch.mask if use_mask else None}  # fmt: skip
             stop = [cb.on_step_end(self, state, stats) for cb in self.callbacks]
             if self.out_of_time(state) or any(stop):
                 break
