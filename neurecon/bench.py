@@ -236,19 +236,59 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
     }
 
 
+# What only a GPU can check, beside the ``cuda``-marked tests: the hash grid's kernel table
+# (compiled Triton against PyTorch on CUDA tensors; on a CPU it runs under the interpreter) and
+# nerfacc's probe against its real estimator.
+GPU_TEST_FILES = ["tests/test_hashgrid_kernels.py", "tests/test_occupancy.py::" +
+                  "test_the_probe_fills_nerfaccs_empty_grid_and_checks_its_samples"]  # fmt: skip
+
+
 def run_cuda_tests(extra: list[str] | None = None) -> dict[str, str]:
-    """``python -m pytest -m cuda`` in the source checkout; test id → outcome."""
+    """``python -m pytest -m cuda``, then :data:`GPU_TEST_FILES`, in the source checkout;
+    test id → outcome."""
     repo = CONF.parent
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider"]
-    res = subprocess.run([*cmd, *(extra or [])], cwd=repo, capture_output=True, text=True)
-    outcomes = {}
-    for line in res.stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"):
-            outcomes[rest.split(" - ")[0].strip()] = word
-    if res.returncode not in (0, 5) and not outcomes:
-        outcomes["pytest"] = f"exit {res.returncode}: {res.stdout[-500:]}{res.stderr[-500:]}"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"]
+    outcomes: dict[str, str] = {}
+    for selection in (["-m", "cuda"], ["-m", "not slow", *GPU_TEST_FILES]):
+        res = subprocess.run([*cmd, *selection, *(extra or [])], cwd=repo, capture_output=True,
+                             text=True)  # fmt: skip
+        found = 0
+        for line in res.stdout.splitlines():
+            word, _, rest = line.partition(" ")
+            if word in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"):
+                outcomes[rest.split(" - ")[0].strip()] = word
+                found += 1
+        if res.returncode not in (0, 5) and not found:
+            outcomes[f"pytest {' '.join(selection)}"] = (
+                f"exit {res.returncode}: {res.stdout[-500:]}{res.stderr[-500:]}"
+            )
     return outcomes
+
+
+def time_encoder_backends(device: torch.device, n: int = 2**18) -> dict[str, Any]:
+    """One forward + backward of the hash grid (neus_hashgrid's size) on ``n`` points, for
+    every backend that runs on ``device``; ms per step and the backend that really ran (a
+    backend that cannot run falls back to torch, and says so here)."""
+    from neurecon.encoders import HashGridEncoder
+    from neurecon.encoders.hashgrid import tcnn_available
+
+    names = ["torch", "triton", *(["tcnn"] if tcnn_available() else [])]
+    names += ["cpu"] if device.type == "cpu" else []
+    out: dict[str, Any] = {}
+    x = torch.rand(n, 3, device=device) * 2 - 1
+    for name in names:
+        enc = HashGridEncoder(backend=name, include_input=False, device=str(device)).to(device)
+        for i in range(6):  # the first call may compile kernels: not timed
+            if i == 1:
+                _sync(device)
+                t0 = time.perf_counter()
+            enc(x).float().square().mean().backward()
+        _sync(device)
+        out[f"encoder_step_ms/{name}"] = (time.perf_counter() - t0) / 5 * 1e3
+        out[f"encoder_ran/{name}"] = enc.ran
+    if "tcnn" not in names:
+        out["encoder_step_ms/tcnn"] = "not checked (tinycudann is not importable)"
+    return out
 
 
 def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
@@ -284,9 +324,18 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_cuda_tests:
         t0 = time.perf_counter()
         res["cuda_tests"] = run_cuda_tests()
-        print(f"cuda test suite ({time.perf_counter() - t0:.0f} s):")
+        print(f"cuda test suite and kernel table ({time.perf_counter() - t0:.0f} s):")
         for test, outcome in res["cuda_tests"].items():
             print(f"  {outcome:8s} {test}")
+        if not any("tcnn" in t and o == "PASSED" for t, o in res["cuda_tests"].items()):
+            print("  tcnn was not checked (tinycudann is not importable here)")
+    res.update(time_encoder_backends(device))
+    for k, v in res.items():
+        if k.startswith("encoder_step_ms/"):
+            name = k.split("/")[1]
+            ran = res.get(f"encoder_ran/{name}")
+            shown = f"{v:.1f} ms (ran: {ran})" if isinstance(v, float) else v
+            print(f"hash grid step, encoder.backend={name}: {shown}", flush=True)
     overrides = [
         "experiment=neus_hashgrid",
         "dataset=dtu",
@@ -325,6 +374,8 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
             "test_psnr": metrics.get("test/psnr"),
             "test_psnr_masked": metrics.get("test/psnr_masked"),
             "peak_gpu_mib": peak,
+            "backend_march": metrics.get("backend/march"),  # what really ran, not what was asked
+            "backend_encoder": metrics.get("backend/encoder"),
             "psnr_curve": probe.curve,
         }
     )
@@ -342,6 +393,7 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
             f"{_fmt(res['test_psnr'], ' dB')} (masked {_fmt(res['test_psnr_masked'], ' dB')})",
         ),
         ("peak GPU memory", _fmt(peak, " MiB") if peak is not None else "n/a (cpu)"),
+        ("backends that ran", f"march {res['backend_march']}, encoder {res['backend_encoder']}"),
         ("mesh picture", res.get("mesh_picture", "none (no mesh)")),
     ]
     w = max(len(a) for a, _ in rows)
