@@ -37,6 +37,18 @@ from neurecon.errors import NeuReconError
 SEED = 20261201
 
 
+def fuzzed(n: int):
+    """Hypothesis at a fixed seed, ``n`` examples, no deadline (CI machines are slow) and no
+    example database (runs are reproducible from the seed alone)."""
+
+    def wrap(test):
+        settings_ = settings(max_examples=n, deadline=None, database=None,
+                             suppress_health_check=list(HealthCheck))  # fmt: skip
+        return seed(SEED)(settings_(test))
+
+    return wrap
+
+
 def _png_header(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims ``w`` x ``h`` (a decompression bomb's header) and no data."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
@@ -156,9 +168,7 @@ def _fuzz_format(name: str, templates, n: int) -> dict[str, int]:
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     counts = {"loaded": 0, "refused": 0}
 
-    @seed(SEED)
-    @settings(max_examples=n, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @fuzzed(n)
     @given(data=st.data())
     def one(data) -> None:
         scene = work / "scene"
@@ -219,9 +229,7 @@ def test_corrupt_images_are_named_never_crash(tmp_path, suffix):
 
     path = tmp_path / f"img{suffix}"
 
-    @seed(SEED)
-    @settings(max_examples=120, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @fuzzed(120)
     @given(data=image_bytes(suffix))
     def one(data: bytes) -> None:
         path.write_bytes(data)
@@ -259,9 +267,7 @@ def test_corrupt_checkpoints_are_named_never_crash(tmp_path):
     original = good.read_bytes()
     path = tmp_path / "step_000003.ckpt"
 
-    @seed(SEED)
-    @settings(max_examples=150, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @fuzzed(150)
     @given(data=checkpoint_bytes(original))
     def one(data: bytes) -> None:
         path.write_bytes(data)
