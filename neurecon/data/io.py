@@ -27,7 +27,7 @@ MAX_ARRAY_BYTES = 2**28  # a camera file's array (DTU's are a few kB)
 
 # What interpreting a malformed file raises, from numpy, json, zipfile and our own indexing.
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, EOFError,
-              OverflowError, zipfile.BadZipFile, np.linalg.LinAlgError)  # fmt: skip
+              ArithmeticError, zipfile.BadZipFile, np.linalg.LinAlgError)  # fmt: skip
 
 
 @contextmanager

@@ -211,6 +211,8 @@ class NGPScene(Scene):
                     Hf, Wf = float(cam["h"]), float(cam["w"])
                 else:
                     Hf, Wf = (float(x) for x in image_size(img_path))
+                if not (Hf > 0 and Wf > 0):
+                    raise DatasetError(f"{meta_path}: frame {i} has size {Wf}x{Hf}")
                 if "fl_x" in cam:
                     fx = float(cam["fl_x"])
                     fy = float(cam.get("fl_y", fx))
