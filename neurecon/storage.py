@@ -28,15 +28,35 @@ TRIAL_STORAGE_ENV = "NEURECON_TRIAL_STORAGE"  # set by the sweeper for its trial
 
 def _url(spec: Any) -> Any:
     """The SQLAlchemy URL ``spec`` parses to, or None (a journal path, anything else)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     if not isinstance(spec, str) or "://" not in spec:
         return None
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:  # no SQL storage can be used without it either: parse it plainly
+        return _StdlibURL(spec)
     try:
         return make_url(spec)
     except (ArgumentError, ValueError):
         return None
+
+
+class _StdlibURL:
+    """What :func:`_url` needs of SQLAlchemy's URL where SQLAlchemy is not installed (a run
+    without the sweep extras still checks ``trainer.pruning.storage``)."""
+
+    def __init__(self, spec: str) -> None:
+        from urllib.parse import urlsplit
+
+        self.spec, self.parts = spec, urlsplit(spec)
+        self.password = self.parts.password
+
+    def render_as_string(self, hide_password: bool = True) -> str:
+        if self.password is None or not hide_password:
+            return self.spec
+        netloc = self.parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        return self.parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
 
 
 def redact(spec: Any) -> str:

@@ -308,3 +308,14 @@ def test_a_password_in_trainer_pruning_storage_is_refused_like_the_sweepers():
     with pytest.raises(ConfigError, match=r"trainer.pruning.storage=.*user:\*\*\*@host") as e:
         build(cfg)
     assert "hunter2" not in str(e.value) and "PGPASSWORD" in str(e.value)
+
+
+def test_redaction_without_sqlalchemy_installed(monkeypatch):
+    """A run without the sweep extras (no SQLAlchemy, as on a bare GPU image) still refuses
+    and redacts a password in trainer.pruning.storage."""
+    from neurecon.storage import has_password, redact
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy.engine", None)  # import fails
+    url = "postgresql://user:hunter2@host/db"
+    assert has_password(url) and redact(url) == "postgresql://user:***@host/db"
+    assert not has_password(None) and not has_password("a/b.journal")

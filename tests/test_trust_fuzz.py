@@ -20,12 +20,14 @@ import hydra._internal.instantiate._instantiate2 as hydra_instantiate
 import pytest
 import yaml
 from hydra.utils import instantiate
-from hypothesis import HealthCheck, given, seed, settings
-from hypothesis import strategies as st
 from omegaconf import DictConfig
 
 from neurecon.errors import NeuReconError
 from neurecon.runs import _allowed, load_run_config
+
+pytest.importorskip("hypothesis")  # not on every machine the GPU suite runs on
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 FORBIDDEN = [
     "os.system",
