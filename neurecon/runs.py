@@ -5,8 +5,15 @@ A run folder travels (a teammate's sweep, an archive from a paper's page, a W&B 
 whatever ``_target_`` names, and its block-list stops only the obvious callables; many others
 run code when handed a crafted argument (unpickling loaders, module importers, helpers that
 shell out). So a saved config is built only after every ``_target_`` in it passes an
-allow-list: neurecon's own classes, plus the few outside classes named in
+allow-list: neurecon's own public classes, plus the few outside classes named in
 :data:`EXTRA_TARGETS`. Checkpoints are read with ``torch.load(weights_only=True)``.
+
+The check must see the tree that is built, so the order is fixed (:func:`load_run_config`):
+legacy keys are renamed first; the tree is resolved once, on a copy, with :data:`RESOLVERS`
+only; every ``_target_``, ``_args_`` and ``_partial_`` of that final tree is checked, and a
+writing class's paths must stay in the run folder; the build then uses exactly that tree (no
+``${`` is left to resolve a second time). Checking first and renaming or resolving afterwards
+let a legacy key swap an allowed fallback for ``numpy.savetxt``.
 
 A config the user composes on the command line keeps full Hydra freedom: ``train.py`` does not
 come through here.
@@ -113,7 +120,8 @@ def _allowed(target: Any) -> bool:
 @contextlib.contextmanager
 def _only_resolvers(names: frozenset[str]) -> Iterator[None]:
     """Resolve with OmegaConf's own resolvers alone: any other (custom, registered by some
-    imported library, or unknown) fails as unsupported instead of running."""
+    imported library, or unknown) fails as unsupported instead of running. The registry is a
+    class attribute, swapped for the block: run folders are loaded from the main thread."""
     saved = BaseContainer._resolvers
     BaseContainer._resolvers = {k: v for k, v in saved.items() if k in names}
     try:
