@@ -272,8 +272,10 @@ def time_encoder_backends(device: torch.device, n: int = 2**18) -> dict[str, Any
     from neurecon.encoders import HashGridEncoder
     from neurecon.encoders.hashgrid import tcnn_available
 
-    names = ["torch", "triton", *(["tcnn"] if tcnn_available() else [])]
-    names += ["cpu"] if device.type == "cpu" else []
+    if device.type == "cuda":
+        names = ["torch", "triton", *(["tcnn"] if tcnn_available() else [])]
+    else:  # a dry run on a CPU: the C kernels and torch (Triton's interpreter is no timing)
+        names, n = ["torch", "cpu"], min(n, 2**14)
     out: dict[str, Any] = {}
     x = torch.rand(n, 3, device=device) * 2 - 1
     for name in names:
