@@ -20,7 +20,9 @@ from neurecon.train.callbacks import Callback
 
 class FaultInjection(Callback):
     """NaN loss at iterations ``nan_loss_at`` (or from ``nan_loss_from`` on), NaN gradient at
-    ``nan_grad_at``, a NaN parameter after the optimizer step at ``nan_param_at``."""
+    ``nan_grad_at``, a NaN parameter after the optimizer step at ``nan_param_at`` (reported,
+    as a callback that detects one does) or at ``silent_nan_param_at`` (NeuS's variance, not
+    reported: as an update that blows it up)."""
 
     def __init__(
         self,
@@ -28,9 +30,11 @@ class FaultInjection(Callback):
         nan_loss_from: int | None = None,
         nan_grad_at: Sequence[int] = (),
         nan_param_at: Sequence[int] = (),
+        silent_nan_param_at: Sequence[int] = (),
     ) -> None:
         self.loss_at, self.loss_from = set(nan_loss_at), nan_loss_from
         self.grad_at, self.param_at = set(nan_grad_at), set(nan_param_at)
+        self.silent_at = set(silent_nan_param_at)
         self.iteration = 0
 
     def on_loss(self, trainer, state, loss):
@@ -43,6 +47,9 @@ class FaultInjection(Callback):
             next(p for p in state.field.parameters() if p.grad is not None).grad.fill_(math.nan)
 
     def on_after_optimizer_step(self, trainer, state) -> bool:
+        if self.iteration in self.silent_at:
+            with torch.no_grad():
+                state.field.variance.fill_(math.nan)
         if self.iteration not in self.param_at:
             return False
         with torch.no_grad():

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from test_occupancy import CENTRE, OffCentreSphereSDF, _camera_rays
 from neurecon.build import build
 from neurecon.fields.base import SDFOutput
 from neurecon.render import NeuSRenderer, OccupancyGrid, occupancy
+from neurecon.train.callbacks import Callback
 
 pytestmark = [
     pytest.mark.cuda,
@@ -148,3 +150,46 @@ def test_bench_reports_cuda_peak_memory(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     fig = json.loads(out.read_text())
     assert fig["memory_kind"] == "cuda" and fig["train_peak_mib"] > 0 and fig["val_peak_mib"] > 0
+
+
+class _SyncWarnings(Callback):
+    """CUDA's own count of the syncs of whole loop iterations ending at ``steps``
+    (``torch.cuda.set_sync_debug_mode``), as ``SyncCountCallback`` counts them on a CPU."""
+
+    def __init__(self, steps):
+        self.steps, self.per_step, self._cm, self._rec = set(steps), {}, None, None
+
+    def on_step_end(self, trainer, state, stats) -> bool:
+        if self._cm is not None:
+            torch.cuda.set_sync_debug_mode(0)
+            self.per_step[state.step] = [str(w.message)[:120] for w in self._rec]
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+        if state.step + 1 in self.steps:
+            self._cm = warnings.catch_warnings(record=True)
+            self._rec = self._cm.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode(1)  # warn at every synchronising call
+        return False
+
+
+def test_a_cuda_step_syncs_twice_and_its_pixels_stay_on_the_device(tmp_path):
+    """dataset.device=auto puts a small scene's pixels on the GPU; an ordinary step then syncs
+    for the guard's flags and the march's sample count only (CPU: test_step_syncs.py)."""
+    cb = _SyncWarnings({41, 42})
+    run = build(compose_cfg([*CUDA_TINY, "dataset.shape=sphere", "trainer.max_steps=50",
+                             "renderer.grid.warmup_steps=16"]))  # fmt: skip
+    m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path, callbacks=[cb])
+    assert run.trainer.store.pixels.is_cuda and m["status"] == "completed"
+    print("CUDA syncs per step:", {k: len(v) for k, v in cb.per_step.items()}, cb.per_step)
+    assert all(len(v) <= 2 for v in cb.per_step.values()), cb.per_step
+
+
+def test_a_host_store_trains_like_a_device_store(tmp_path):
+    """dataset.device=host: pinned batches, copied without blocking; the same figures."""
+    common = ["trainer.max_steps=200", "optimizer.lr=5e-3"]
+    runs = {p: _fit(tmp_path / p, *common, f"dataset.device={p}") for p in ("device", "host")}
+    assert not runs["host"][0].trainer.store.pixels.is_cuda
+    assert runs["device"][0].trainer.store.pixels.is_cuda
+    psnr = {p: m["test/psnr"] for p, (_, m) in runs.items()}
+    assert abs(psnr["host"] - psnr["device"]) < 1.0, psnr

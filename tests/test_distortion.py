@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import fit_on_files
 
-from neurecon.data import NGPScene, SyntheticScene
+from neurecon.data import NGPScene, SyntheticScene, rays
 from neurecon.data.cameras import pixel_rays
 from neurecon.data.distortion import fisheye_distortion, opencv_distortion
 from neurecon.data.posed import GL_TO_CV
@@ -117,8 +117,9 @@ def test_sampled_rays_avoid_invalid_pixels(distorted_capture):
     s.pixels[~s.valid] = 255  # paint the invalid pixels: no sampled ray may see them
     s.pixels[s.valid] = s.pixels[s.valid].clamp(max=254)
     g = torch.Generator().manual_seed(1)
-    view, v, u = s._draw(50000, g)
-    assert (~s.valid[s._flat(view, v, u)]).any()  # raw draws hit them
+    view, v, u = rays.draw_pixels(s.store, 50000, g)
+    assert (~s.valid[rays.flat_index(s.store, view, v, u)]).any()  # raw draws hit them
+    assert s.store.redraws > 0
     b = s.sample_rays(50000, g)
     assert (b.rgb < 1.0).any(dim=-1).all()
 

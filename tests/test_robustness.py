@@ -70,7 +70,7 @@ def test_repeated_nan_rolls_back_with_lower_lr(tmp_path):
     assert m["status"] == "completed" and m["guard/rollbacks"] == 1
     ev = m["guard/log"]
     assert [e["action"] for e in ev] == ["skip", "skip", "rollback"]
-    # Rolled back to the step-21 snapshot, finished all 60 steps at half the scheduled lr.
+    # Rolled back to the step-20 snapshot, finished all 60 steps at half the scheduled lr.
     o = run.optimizer
     expected = 5e-3 * 0.5 * lr_factor(60, 60, o.warmup_steps, o.decay, o.final_ratio)
     assert m["final/lr/network"] == pytest.approx(expected, rel=1e-6)
@@ -87,6 +87,28 @@ def test_non_finite_parameter_rolls_back_at_once(tmp_path):
     assert m["guard/log"] == [{"step": 12, "cause": "param", "action": "rollback"}]
     assert all(torch.isfinite(p).all() for p in run.field.parameters())
     assert np.isfinite(m["test/psnr"])
+
+
+def test_a_parameter_an_update_breaks_is_caught_by_the_next_check_or_at_the_end(tmp_path):
+    """The step's one sync checks the parameters the previous update left: a NaN NeuS variance
+    written by step 12's update is rolled back at step 13; one written by the last update is
+    caught when training ends, rolled back, and the steps are trained again."""
+    run, m = _fit(
+        tmp_path,
+        "trainer.max_steps=30",
+        "trainer.ckpt_every=10",
+        "trainer.guard.snapshot_every=5",
+        "faults.silent_nan_param_at=[12,33]",  # iteration 33 is step 30 after the rollback
+    )
+    assert m["guard/log"] == [
+        {"step": 13, "cause": "param", "action": "rollback"},
+        {"step": 30, "cause": "param", "action": "rollback"},
+    ]
+    assert m["status"] == "completed" and run.trainer.history[-1]["step"] == 30
+    assert all(torch.isfinite(p).all() for p in run.field.parameters())
+    assert np.isfinite(m["test/psnr"])
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "step_0000030.ckpt", "cpu")
+    assert all(torch.isfinite(v).all() for v in ckpt["field"].values())
 
 
 def test_hopeless_divergence_stops_with_diverged_status(tmp_path):
@@ -334,7 +356,9 @@ def test_lr_back_off_compounds_when_rolling_back_to_the_same_snapshot(tmp_path):
         "faults.nan_loss_at=[10,11,20,21]",
     )
     assert m["guard/rollbacks"] == 2
-    assert [e["step"] for e in m["guard/log"] if e["action"] == "rollback"] == [11, 11]
+    # Both back to the one snapshot, of step 0 (taken by step 1's check): the second comes 10
+    # iterations after the first, at step 10.
+    assert [e["step"] for e in m["guard/log"] if e["action"] == "rollback"] == [11, 10]
     assert m["final/lr/network"] == pytest.approx(
         5e-3 * 0.25 * lr_factor(40, 40, 100, "cosine", 0.05), rel=1e-6
     )

@@ -136,6 +136,7 @@ class ColmapScene(Scene):
         inlier_quantile: float = 0.95,
         margin: float = 1.1,
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
+        device: str = "auto",
     ) -> None:
         rootp = Path(root).expanduser()
         rec = read_model(rootp / model)
@@ -197,4 +198,5 @@ class ColmapScene(Scene):
             test_ids=test,
             background_color=background_color,
             name=rootp.name,
+            device=device,
         )

@@ -97,6 +97,7 @@ class NeuSScene(Scene):
         test_every: int = 8,
         train_on_test: bool = False,
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
+        device: str = "auto",
     ) -> None:
         if root is None or str(root) in ("", "???"):
             raise DatasetError("dataset.root is not set: point it at a NeuS-format scene folder")
@@ -179,4 +180,5 @@ class NeuSScene(Scene):
             masks=masks,
             background_color=background_color,
             name=rootp.name,
+            device=device,
         )

@@ -118,6 +118,7 @@ class BlenderScene(Scene):
         test_split: str = "test",
         test_limit: int | None = 8,
         use_mask: bool = True,
+        device: str = "auto",
     ) -> None:
         rootp = Path(root).expanduser()
         if not rootp.is_dir():
@@ -161,6 +162,7 @@ class BlenderScene(Scene):
             masks=masks if use_mask else None,
             background_color=background_color,
             name=rootp.name,
+            device=device,
         )
 
 
@@ -187,6 +189,7 @@ class NGPScene(Scene):
         test_every: int = 8,
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
         use_mask: bool = False,
+        device: str = "auto",
     ) -> None:
         rootp = Path(root).expanduser()
         meta_path = rootp / transforms
@@ -267,6 +270,7 @@ class NGPScene(Scene):
             masks=masks if use_masks else None,
             background_color=background_color,
             name=rootp.name,
+            device=device,
             valid=valid,
         )
 
@@ -313,6 +317,7 @@ class LLFFScene(Scene):
         test_every: int = 8,
         margin: float = 1.05,
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
+        device: str = "auto",
     ) -> None:
         rootp = Path(root).expanduser()
         pb_path = rootp / "poses_bounds.npy"
@@ -363,4 +368,5 @@ class LLFFScene(Scene):
             test_ids=test,
             background_color=background_color,
             name=rootp.name,
+            device=device,
         )

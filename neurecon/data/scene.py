@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 import trimesh
 from torch import Tensor
 
-from neurecon.data.cameras import pixel_rays
-
-
-@dataclass
-class RayBatch:
-    """Rays in the normalised frame. ``rgb`` / ``mask`` are targets (None when unknown).
-
-    Shapes: origins, dirs (B, 3); rgb (B, 3) float in [0, 1]; mask (B,) float in {0, 1}.
-    """
-
-    origins: Tensor
-    dirs: Tensor
-    rgb: Tensor | None = None
-    mask: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.origins.shape[0]
+from neurecon.data import rays
+from neurecon.data.rays import RayBatch
 
 
 def _as_list(arrays: np.ndarray | Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
@@ -61,6 +46,8 @@ class Scene:
         masks / valid: (V, H, W) or per-view (H_i, W_i) arrays (uint8 masks, bool validity).
         ground_truth: a function returning ``(gt_points, gt_mesh)``, called on first use of
             either (making them costs seconds that runs which never mesh should not pay).
+        device: ``dataset.device``, where training keeps the pixels (:mod:`neurecon.data.rays`):
+            auto | device | host.
     """
 
     def __init__(
@@ -77,6 +64,7 @@ class Scene:
         name: str = "scene",
         ground_truth: Callable[[], tuple[np.ndarray, trimesh.Trimesh | None]] | None = None,
         valid: np.ndarray | Sequence[np.ndarray | None] | None = None,
+        device: str = "auto",
     ) -> None:
         imgs = _as_list(images)
         if not imgs or any(
@@ -98,6 +86,9 @@ class Scene:
                 raise ValueError(f"{name}: {what} do not match the images' sizes")
         if len(train_ids) == 0:
             raise ValueError(f"{name}: no training views")
+        if device not in rays.PLACEMENTS:
+            raise ValueError(f"dataset.device={device!r}; choose from {list(rays.PLACEMENTS)}")
+        self.placement = device
         self.name = name
         self.sizes = torch.tensor([im.shape[:2] for im in imgs], dtype=torch.long)
         counts = self.sizes[:, 0] * self.sizes[:, 1]
@@ -174,52 +165,36 @@ class Scene:
         """(V, H, W, 3) uint8 view of the store (same-size scenes only)."""
         return self.pixels.reshape(self.num_views, *self.hw, 3)
 
-    def _flat(self, view: Tensor, v: Tensor, u: Tensor) -> Tensor:
-        """(B,) indices into the ragged pixel store of (view, row v, column u)."""
-        return self.offsets[view] + v * self.sizes[view, 1] + u
+    @property
+    def store(self) -> rays.PixelStore:
+        """The pixel store on the host (the scene's own tensors, no copy), for
+        :mod:`neurecon.data.rays`."""
+        train = self.train_ids
+        total = int((self.sizes[train, 0] * self.sizes[train, 1]).sum())
+        valid_share = 1.0 if self.valid is None else self._valid_train_pixels / total
+        return rays.PixelStore(
+            self.pixels, self.masks, self.valid, self.sizes, self.offsets, self.K, self.c2w,
+            train, self.size(0) if self.uniform else None, total, rays.redraw_rounds(valid_share),
+        )  # fmt: skip
 
-    def _batch(self, view: Tensor, v: Tensor, u: Tensor, device: torch.device) -> RayBatch:
-        o, d = pixel_rays(self.K[view], self.c2w[view], u.float(), v.float())
-        flat = self._flat(view, v, u)
-        rgb = self.pixels[flat].float() / 255.0
-        mask = None if self.masks is None else (self.masks[flat] > 127).float()
-        return RayBatch(
-            o.to(device), d.to(device), rgb.to(device), None if mask is None else mask.to(device)
-        )
+    @cached_property
+    def _valid_train_pixels(self) -> int:
+        """The number of training pixels with source data (``valid`` is set once, at load)."""
+        return sum(int(self._view(self.valid, int(i)).sum()) for i in self.train_ids)
 
-    def _draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """``n`` uniform training pixels as (view, row, column)."""
-        if self.uniform:  # three draws: the sequence same-size scenes have always used
-            H, W = self.size(0)
-            idx = torch.randint(0, len(self.train_ids), (n,), generator=generator)
-            view = self.train_ids[idx]
-            v = torch.randint(0, H, (n,), generator=generator)
-            u = torch.randint(0, W, (n,), generator=generator)
-            return view, v, u
-        # Mixed sizes: a flat index over all training pixels (larger views weigh more).
-        counts = self.sizes[self.train_ids, 0] * self.sizes[self.train_ids, 1]
-        ends = counts.cumsum(0)
-        r = torch.randint(0, int(ends[-1]), (n,), generator=generator)
-        i = torch.searchsorted(ends, r, right=True)
-        view = self.train_ids[i]
-        p = r - (ends[i] - counts[i])
-        W = self.sizes[view, 1]
-        return view, p // W, p % W
+    def training_store(self, device: torch.device) -> rays.PixelStore:
+        """The store training on ``device`` draws from, placed by ``dataset.device``."""
+        return rays.place_store(self.store, device, self.placement)
 
     def sample_rays(
         self, n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
     ) -> RayBatch:
-        """``n`` random rays from random training views (uniform over valid training pixels)."""
-        view, v, u = self._draw(n, generator)
-        if self.valid is not None:  # redraw pixels without source data (a few rounds at most)
-            bad = ~self.valid[self._flat(view, v, u)]
-            for _ in range(100):
-                if not bad.any():
-                    break
-                k = int(bad.sum())
-                view[bad], v[bad], u[bad] = self._draw(k, generator)
-                bad = ~self.valid[self._flat(view, v, u)]
-        return self._batch(view, v, u, torch.device(device))
+        """``n`` random rays from random training views (uniform over valid training pixels),
+        drawn on the host and moved to ``device`` (training draws on its device instead:
+        :meth:`training_store`)."""
+        batch = rays.sample_batch(self.store, n, generator)
+        dev = torch.device(device)
+        return RayBatch(*(None if t is None else t.to(dev) for t in vars(batch).values()))
 
     def _view(self, store: Tensor, view: int) -> Tensor:
         return store[self.offsets[view] : self.offsets[view + 1]].reshape(*self.size(view), -1)

@@ -248,6 +248,7 @@ class SyntheticScene(Scene):
         env_background: bool = False,
         image_sizes: Sequence[Sequence[int]] | None = None,
         room: bool = False,
+        device: str = "auto",
     ) -> None:
         if texture not in TEXTURES:
             raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
@@ -313,6 +314,7 @@ class SyntheticScene(Scene):
             masks=masks,
             background_color=background_color,
             name=f"synthetic_{shape}",
+            device=device,
             ground_truth=lambda: self._ground_truth_surface(num_gt_points, seed),
         )
 

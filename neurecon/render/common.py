@@ -42,12 +42,27 @@ def render_hits(
     far: Tensor,
     hit: Tensor,
     fn: Callable[[Tensor, Tensor, Tensor, Tensor], RenderOutput],
+    subset: bool = True,
 ) -> RenderOutput:
-    """Render only the rays that hit the unit sphere; the others get zero colour and opacity.
+    """Render the rays that hit the unit sphere; the others get zero colour and opacity.
 
-    ``fn(origins, dirs, near, far)`` renders the hit subset. Colours are premultiplied by
-    opacity (no background yet).
+    ``fn(origins, dirs, near, far)`` renders rays. ``subset``: pass it only the hits (dense
+    sampling spends no samples on misses); else pass every ray, misses with their empty
+    interval (``near == far``: a march gives them no samples) and their output zeroed: no
+    boolean indexing, whose data-dependent size makes the host wait for the device (training
+    steps). Colours are premultiplied by opacity (no background yet).
     """
+    if not subset:
+        out = fn(origins, dirs, near, far)
+        keep = hit.to(out.opacity.dtype)
+        out.color, out.opacity, out.depth = (
+            out.color * keep[:, None],
+            out.opacity * keep,
+            out.depth * keep,
+        )
+        if out.normal is not None:
+            out.normal = out.normal * keep[:, None]
+        return out
     B, dev = origins.shape[0], origins.device
     color, normal = torch.zeros(B, 3, device=dev), torch.zeros(B, 3, device=dev)
     opacity, depth = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
@@ -98,9 +113,9 @@ class SphereRenderer(nn.Module):
         grid: OccupancyGrid | None = None,
     ) -> None:
         super().__init__()
-        self.background_color = (
-            None if background_color is None else torch.tensor(list(background_color)).float()
-        )
+        # A buffer (not saved): it moves with the renderer, no host-to-device copy per batch.
+        colour = None if background_color is None else torch.tensor(list(background_color)).float()
+        self.register_buffer("background_color", colour, persistent=False)
         self.n_outside = n_outside
         self.grid = grid
 
@@ -183,8 +198,9 @@ class SphereRenderer(nn.Module):
         const = own if own is not None else background_color
         near, far, hit = sphere_near_far(origins, dirs)
         out = render_hits(
-            origins, dirs, near, far, hit, lambda o, d, n, f: self._render_rays(field, o, d, n, f)
-        )
+            origins, dirs, near, far, hit, lambda o, d, n, f: self._render_rays(field, o, d, n, f),
+            subset=self.grid is None and not self.training,  # training: no host sync
+        )  # fmt: skip
         bg = const.to(origins.device).expand(origins.shape[0], 3)
         bg_net = getattr(field, "background_net", None)
         if bg_net is not None and self.n_outside > 0:

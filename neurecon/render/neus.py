@@ -87,7 +87,7 @@ class NeuSRenderer(SphereRenderer):
         around the centre ``x`` can hold, ``max(|f(x)| − r_cell, 0)`` (exact for an SDF with
         ``|∇f| ≤ 1``, which the eikonal term keeps): large near the surface, tiny once
         ``inv_s · |f|`` is."""
-        inv_s = float(_inv_s(field))
+        inv_s = _inv_s(field).detach()  # a tensor: float() would wait for the device
         a = (field.sdf(x).abs() - self.grid.cell_radius).clamp_min(0.0)
         half = 0.5 * self.grid.step_size
         return neus_alpha(a + half, a - half, inv_s)
@@ -121,7 +121,7 @@ class NeuSRenderer(SphereRenderer):
         sdf = eval_chunked(field.sdf, x, chunk=self.grid.eval_chunk)
         same = torch.zeros_like(ray, dtype=torch.bool)
         same[:-1] = ray[1:] == ray[:-1]  # the next sample belongs to the same ray
-        alpha = neus_alpha(sdf, torch.roll(sdf, -1), float(_inv_s(field)))
+        alpha = neus_alpha(sdf, torch.roll(sdf, -1), _inv_s(field).detach())
         return torch.where(same, alpha, torch.zeros_like(sdf))
 
     def visible(self, field: nn.Module, x: Tensor, ray: Tensor, dt: Tensor, n_rays: int) -> Tensor:

@@ -96,6 +96,31 @@ def check_probe_samples(ray: Tensor, t0: Tensor, t1: Tensor) -> None:
         raise RuntimeError("the probe ray's samples lie outside the grid")
 
 
+@dataclasses.dataclass(frozen=True)
+class OccupiedBox:
+    """The axis-aligned box around the occupied cells, normalised frame: corners ``lo``, ``hi``
+    (3,) on the grid's device, ``diagonal`` its length on the host; ``empty`` when no cell is
+    occupied."""
+
+    lo: Tensor
+    hi: Tensor
+    diagonal: float
+    empty: bool
+
+
+def clip_to_box(
+    o: Tensor, d: Tensor, near: Tensor, far: Tensor, lo: Tensor, hi: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Shrink [near, far] (B,) of rays o, d (B, 3) to the box [lo, hi] (3,) (slab test): rays
+    that miss it get an empty interval (``far == near``)."""
+    safe = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+    t1, t2 = (lo - o) / safe, (hi - o) / safe
+    t_in = torch.minimum(t1, t2).amax(-1)
+    t_out = torch.maximum(t1, t2).amin(-1)
+    near2, far2 = torch.maximum(near, t_in), torch.minimum(far, t_out)
+    return near2, torch.maximum(far2, near2)
+
+
 class OccupancyGrid(nn.Module):
     """Binary occupancy of ``[-1, 1]^3`` at ``resolution``³ cells for packed ray marching.
 
@@ -150,6 +175,7 @@ class OccupancyGrid(nn.Module):
         self._warned = False
         self._resolved: dict[str, str] = {}  # device → the backend proven for it
         self.marches = {"torch": 0, "nerfacc": 0}  # marches per backend that really ran
+        self._box: tuple[tuple[int, int], OccupiedBox] | None = None  # (binary's version, box)
 
     def backend_report(self) -> dict[str, str]:
         """Which march backends really ran (for metrics.json: ``backend/march``)."""
@@ -194,15 +220,17 @@ class OccupancyGrid(nn.Module):
         dev = self.occs.device
         if step < self.warmup_steps:
             idx = torch.arange(n, device=dev)
-        else:
-            rand = torch.randint(0, n, (n // 4,), device=dev)
-            idx = torch.cat([rand, self.binary.flatten().nonzero()[:, 0]]).unique()
+        else:  # the occupied cells and a random quarter, sorted, each once
+            pick = self.binary.flatten().clone()
+            pick[torch.randint(0, n, (n // 4,), device=dev)] = True
+            idx = pick.nonzero()[:, 0]  # the refresh's one host sync: how many cells
         flat = self.occs.view(-1)
         new = torch.cat([occ_fn(self.cell_centres(c, jitter)).float() for c in idx.split(chunk)])
         new = torch.nan_to_num(new, nan=1.0)  # a NaN field must not hide space
         flat[idx] = torch.maximum(flat[idx] * self.ema_decay, new)
-        thre = min(self.threshold, float(flat.mean()))
-        self.binary.copy_((self.occs > thre) if thre > 0 else torch.ones_like(self.binary))
+        # min(threshold, mean) on the device; a threshold of 0 (an all-zero grid) keeps all.
+        thre = flat.mean().clamp(max=self.threshold)
+        self.binary.copy_((self.occs > thre) | (thre <= 0))
         return True
 
     def occupied(self, x: Tensor) -> Tensor:
@@ -264,39 +292,43 @@ class OccupancyGrid(nn.Module):
         if backend == "nerfacc":
             return self._march_nerfacc(o, d, near, far, perturb)
         dt = self.step_size
-        near, far = self._clip_to_occupied_box(o, d, near, far)
+        box = self.occupied_box()
+        if box.empty:
+            near = far  # nothing occupied: no samples
+        else:
+            near, far = clip_to_box(o, d, near, far, box.lo.to(o.dtype), box.hi.to(o.dtype))
         start = near + (torch.rand_like(near) if perturb else 0.5) * dt
-        span = (far - start).max() if len(o) else torch.zeros(())
-        K = max(1, math.ceil(float(span) / dt))
+        # Steps enough for the longest chord of the box inside the unit sphere, known on the
+        # host (no read-back of this batch's span); the steps past a ray's far end are dropped.
+        K = max(1, math.ceil(min(2.0, box.diagonal) / dt) + 1)
         t = start[:, None] + dt * torch.arange(K, device=o.device, dtype=o.dtype)  # (B, K)
         keep = t < far[:, None]
         keep &= self.occupied(o[:, None] + d[:, None] * t[..., None])
+        # The march's one host sync: the sample count sizes the output (nerfacc's traversal
+        # reads its count back too, ``cumsum[-1].item()`` in its data_spec.hpp).
         ray, k = keep.nonzero(as_tuple=True)  # row-major: sorted by ray, then distance
         tm = t[ray, k]
         return ray, tm - 0.5 * dt, tm + 0.5 * dt
 
-    def _clip_to_occupied_box(
-        self, o: Tensor, d: Tensor, near: Tensor, far: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Shrink [near, far] to the box around all occupied cells (slab test): rays that miss
-        it get an empty interval, and the march tensor spans the object, not the sphere."""
-        R = self.resolution
-        axes = [
-            self.binary.any(dim=(1, 2)),
-            self.binary.any(dim=(0, 2)),
-            self.binary.any(dim=(0, 1)),
-        ]
-        if not bool(axes[0].any()):
-            return near, near  # nothing occupied: no samples
-        idx = torch.arange(R, device=o.device)
-        lo = torch.stack([idx[a].min() for a in axes]).to(o.dtype) / R * 2 - 1
-        hi = (torch.stack([idx[a].max() for a in axes]).to(o.dtype) + 1) / R * 2 - 1
-        safe = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
-        t1, t2 = (lo - o) / safe, (hi - o) / safe
-        t_in = torch.minimum(t1, t2).amax(-1)
-        t_out = torch.maximum(t1, t2).amin(-1)
-        near2, far2 = torch.maximum(near, t_in), torch.minimum(far, t_out)
-        return near2, torch.maximum(far2, near2)  # empty interval where the ray misses the box
+    def occupied_box(self) -> OccupiedBox:
+        """The box around all occupied cells (cached until ``binary`` changes: a refresh, a
+        load, an in-place edit). Computing it reads two numbers back, once per change."""
+        key = (self.binary.data_ptr(), self.binary._version)
+        if self._box is None or self._box[0] != key:
+            R = self.resolution
+            axes = torch.stack(
+                [
+                    self.binary.any(dim=(1, 2)),
+                    self.binary.any(dim=(0, 2)),
+                    self.binary.any(dim=(0, 1)),
+                ]
+            ).int()  # (3, R)
+            first = axes.argmax(-1)
+            last = R - 1 - axes.flip(-1).argmax(-1)
+            lo, hi = first / R * 2 - 1, (last + 1) / R * 2 - 1  # (3,) float32, on the device
+            empty, diag = torch.stack([axes.amax() == 0, (hi - lo).norm()]).tolist()
+            self._box = (key, OccupiedBox(lo, hi, float(diag), bool(empty)))
+        return self._box[1]
 
     def _march_nerfacc(self, o, d, near, far, perturb):
         if not self._estimator:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from neurecon.device import HostSyncCounter
 from neurecon.eval import score_views
 from neurecon.metrics import psnr
 
@@ -155,5 +157,36 @@ class CheckpointCallback(Callback):
         step = state.step
         last = step == trainer.max_steps or trainer.out_of_time(state)
         if (self.every and step % self.every == 0) or last:
-            state.save(self.folder, self.keep)
+            # The step's own check saw the previous update; a checkpoint is of a checked state
+            # (a broken one is not saved: the next step's check rolls it back).
+            if trainer.guard.key_params_finite(state.field):
+                state.save(self.folder, self.keep)
+            else:
+                log.warning("step %d: a key parameter is non-finite; checkpoint not saved", step)
+        return False
+
+
+class SyncCountCallback(Callback):
+    """Counts, for the loop iterations ending at ``steps``, the calls that would make the host
+    wait for the device (:class:`~neurecon.device.HostSyncCounter`): from the end of the
+    previous step to the end of this one, every other callback of the step included (add it
+    last). ``per_step``: {step: [(call, "file:line")]}. For finding a sync that slows a GPU
+    run: ``+trainer.callbacks.syncs._target_=neurecon.train.callbacks.SyncCountCallback
+    +trainer.callbacks.syncs.steps=[101,102]``."""
+
+    def __init__(self, steps: Sequence[int] = (101, 102)) -> None:
+        self.steps, self.per_step = set(steps), {}
+        self._counter: HostSyncCounter | None = None
+
+    def on_step_end(self, trainer: Trainer, state: TrainState, stats: dict[str, Any]) -> bool:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.per_step[state.step] = self._counter.calls
+            log.info(
+                "step %d: %d host syncs %s", state.step, len(self._counter), self._counter.calls
+            )
+            self._counter = None
+        if state.step + 1 in self.steps:
+            self._counter = HostSyncCounter()
+            self._counter.__enter__()
         return False

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from neurecon.errors import ConfigError, NeuReconError
 
@@ -74,20 +74,42 @@ class NaNGuard(GuardSettings):
 
     # ---------------------------------------------------------------- checks (cheap)
     @staticmethod
-    def grads_finite(model: nn.Module) -> bool:
+    def grads_bad(model: nn.Module) -> Tensor:
+        """() bool on the device: a gradient of ``model`` is non-finite. One reduction per
+        tensor, no read-back: a NaN or an inf anywhere makes the sum non-finite (inf - inf is
+        NaN). No abs(): a copy of a 2^19-entry hash table's gradient every step."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:
-            return True
-        # One reduction per tensor and one host sync per step: a NaN or an inf anywhere makes
-        # the sum non-finite (inf - inf is NaN). No abs(): a copy of a 2^19-entry hash table's
-        # gradient every step.
-        return bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum()))
+            return torch.zeros((), dtype=torch.bool, device=_device(model))
+        return ~torch.isfinite(torch.stack([g.sum() for g in grads]).sum())
 
     @staticmethod
-    def key_params_finite(model: nn.Module) -> bool:
-        """The parameters that blow up first (NeuS ``inv_s = exp(10 v)``), checked every step."""
+    def key_params_bad(model: nn.Module) -> Tensor:
+        """() bool on the device: a parameter that blows up first (NeuS ``inv_s = exp(10 v)``)
+        is non-finite."""
         inv_s = getattr(model, "inv_s", None)
-        return inv_s is None or bool(torch.isfinite(inv_s()))
+        if inv_s is None:
+            return torch.zeros((), dtype=torch.bool, device=_device(model))
+        return ~torch.isfinite(inv_s().detach())
+
+    def step_flags(self, loss: Tensor, model: nn.Module) -> list[bool]:
+        """[loss, gradients, key parameters] non-finite, read back together: the training
+        step's one host synchronisation. The parameters are as the previous update left them
+        (this step's update is checked by the next step, or by :meth:`key_params_finite` at
+        the end of training and before a checkpoint)."""
+        flags = torch.stack(
+            [
+                ~torch.isfinite(loss.detach()).all(),
+                self.grads_bad(model),
+                self.key_params_bad(model),
+            ]
+        )
+        return flags.tolist()
+
+    @classmethod
+    def key_params_finite(cls, model: nn.Module) -> bool:
+        """The key parameters now (a host sync: for the end of training and checkpoints)."""
+        return not bool(cls.key_params_bad(model))
 
     # ---------------------------------------------------------------- state
     @property
@@ -150,6 +172,10 @@ class NaNGuard(GuardSettings):
             "guard/rollbacks": self.rollbacks,
             "guard/events": len(self.events),
         }
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device
 
 
 def scale_lr(opt: torch.optim.Optimizer, sched: Any, factor: float) -> None:

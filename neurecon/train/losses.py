@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -47,8 +48,15 @@ def color_loss(
 
 
 def mask_loss(opacity: Tensor, mask: Tensor) -> Tensor:
-    """Binary cross-entropy between accumulated opacity (B,) and the object mask (B,)."""
-    return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), mask)
+    """Binary cross-entropy between accumulated opacity (B,) and the object mask (B,).
+
+    Written out (as ATen computes it) rather than ``F.binary_cross_entropy``, which checks its
+    input's range: a NaN opacity raises there on a CPU and is a device-side assert on CUDA,
+    where it must be a NaN loss for the NaN guard."""
+    o = opacity.clamp(1e-3, 1 - 1e-3)
+    return (
+        (mask - 1) * torch.log1p(-o).clamp_min(-100) - mask * torch.log(o).clamp_min(-100)
+    ).mean()
 
 
 @dataclass

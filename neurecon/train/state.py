@@ -3,6 +3,7 @@ touch."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from neurecon.train.checkpoint import (
     restoring,
     save_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,9 +49,11 @@ class TrainState:
         """Training seconds so far, earlier sessions included."""
         return self.elapsed0 + time.time() - self.t0
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """Everything to resume from; ``step`` overrides the step recorded (a guard snapshot
+        taken before this step's update is the previous step's state)."""
         state = {
-            "step": self.step,
+            "step": self.step if step is None else step,
             "field": self.field.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -75,7 +80,14 @@ class TrainState:
             self.scaler.load_state_dict(state["scaler"])
         if rng:
             torch.set_rng_state(state["rng"]["torch"].cpu())
-            self.generator.set_state(state["rng"]["rays"].cpu())
+            try:
+                self.generator.set_state(state["rng"]["rays"].cpu())
+            except (RuntimeError, ValueError):  # saved by a generator of another device
+                log.warning(
+                    "the checkpoint's ray generator is for another device than %s: rays are "
+                    "drawn afresh (the run is not bit-identical to an uninterrupted one)",
+                    self.generator.device,
+                )
             if "cuda" in state["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([t.cpu() for t in state["rng"]["cuda"]])
         self.step = int(state["step"])

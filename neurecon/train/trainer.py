@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neurecon.data.rays import sample_batch
 from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError
@@ -172,7 +173,9 @@ class Trainer:
             )
         resume_from = checkpoint_to_resume(out, self.resume, self.overwrite)
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
+        # The pixels where the step runs (dataset.device), drawn by a generator of that device.
+        self.store = scene.training_store(self.device)
+        gen = torch.Generator(self.store.draw_device).manual_seed(self.seed)
         field.to(self.device)
         renderer.to(self.device)
         self.compiled = self.compile and compile_field(field)
@@ -231,7 +234,7 @@ class Trainer:
         """Optimise from ``state.step`` to ``max_steps``, ``max_time`` or a callback's stop;
         sets ``self.train_time`` (seconds, earlier sessions included) and ``self.step``."""
         scene, field, renderer = self.scene, state.field, state.renderer
-        opt, sched = state.optimizer, state.scheduler
+        sched = state.scheduler
         bg = scene.background_color.to(self.device)
         use_mask = self.use_mask is not False and scene.masks is not None
         amp_dtype = self.amp_dtype
@@ -252,7 +255,7 @@ class Trainer:
             renderer.update_step(state.step, field)
             for m in scheduled:  # e.g. a hash grid's coarse-to-fine levels
                 m.update_step(state.step)
-            batch = scene.sample_rays(state.rays, state.generator, self.device)
+            batch = sample_batch(self.store, state.rays, state.generator)
             with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
                 r = renderer(field, batch.origins, batch.dirs, bg)
             loss, terms = total_loss(r, batch.rgb, batch.mask if use_mask else None, self.w)
@@ -260,17 +263,8 @@ class Trainer:
                 loss = cb.on_loss(self, state, loss)
             cause = self._optimize(state, loss)
             sched.step()
-            if cause is not None:
-                snap = self.guard.bad_step(state.step, cause)
-                if snap is not None:  # roll back model, optimizer and schedule; slow down
-                    state.load_state_dict(snap.state, rng=False)
-                    # Compounds over rollbacks, even when restoring the same snapshot again.
-                    scale_lr(opt, sched, self.guard.lr_scale / snap.lr_scale)
-                    self.bar.n = state.step
-                    self.bar.refresh()
-                    continue
-            else:
-                self.guard.good_step(state.step, state.state_dict)
+            if cause is not None and self._roll_back(state, cause):
+                continue
             samples_total += r.num_samples
             if self.samples_per_step is not None:  # dynamic batch
                 state.rays = next_ray_count(
@@ -287,46 +281,75 @@ class Trainer:
                      "render": r, "batch": batch, "samples_total": samples_total,
                      "mask": batch.mask if use_mask else None}  # fmt: skip
             stop = [cb.on_step_end(self, state, stats) for cb in self.callbacks]
-            if self.out_of_time(state) or any(stop):
+            ending = self.out_of_time(state) or any(stop) or state.step >= self.max_steps
+            # Training ends with a checked state: the last update is verified here (a roll
+            # back goes on training when steps and time are left).
+            if ending and (self._verify_last_update(state) or self.stop_reason or any(stop)):
                 break
         self.bar.close()
         self.train_time = state.elapsed
 
     def _optimize(self, state: TrainState, loss: torch.Tensor) -> str | None:
-        """Backward and optimizer step; what went wrong (loss | grad | param) or None."""
+        """Backward, the NaN guard's check and the optimizer step; what went wrong (loss | grad
+        | param) or None. The check is the step's one host sync (:meth:`NaNGuard.step_flags`):
+        a non-finite parameter left by the previous update is found here, one step later, and
+        the guard's snapshot is taken here, where the state is known finite."""
         opt, field, scaler = state.optimizer, state.field, self.scaler
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if loss.requires_grad:  # False when no ray met an occupied cell: nothing to learn
+            # Only the optimised tensors: without ``inputs`` autograd also fills ``x.grad`` for
+            # every sample position the SDF's gradient was taken at (a pass through the encoder
+            # for nothing; the hash grid's is as costly as its forward on a CPU).
+            params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            (loss if scaler is None else scaler.scale(loss)).backward(inputs=params)
+            for cb in self.callbacks:
+                cb.on_after_backward(self, state)
+            if scaler is not None:
+                scaler.unscale_(opt)  # records the scaler's inf check on the device, no sync
+        loss_bad, grad_bad, param_bad = self.guard.step_flags(loss, field)
+        if param_bad:  # the previous update broke a key parameter: roll back at once
+            return "param"
+        if loss_bad:
             return "loss"
-        if not loss.requires_grad:  # no ray met an occupied cell; nothing to learn
+        if grad_bad:
+            return self._grad_overflow(scaler) if scaler is not None else "grad"
+        # The parameters are the previous step's, known finite: the guard's snapshot point.
+        self.guard.good_step(state.step - 1, lambda: state.state_dict(step=state.step - 1))
+        if not loss.requires_grad:
             return None
-        # Only the optimised tensors: without ``inputs`` autograd also fills ``x.grad`` for every
-        # sample position the SDF's gradient was taken at (a pass through the encoder for
-        # nothing; the hash grid's is as costly as its forward on a CPU).
-        params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-        (loss if scaler is None else scaler.scale(loss)).backward(inputs=params)
-        for cb in self.callbacks:
-            cb.on_after_backward(self, state)
-        if scaler is not None:
-            scaler.unscale_(opt)
-        elif not self.guard.grads_finite(field):
-            return "grad"
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(field.parameters(), self.grad_clip)
-        if scaler is None:
-            opt.step()
-        elif self._scaler_step(scaler, opt):
-            return "grad"
+        opt.step()  # fp16 too: the gradients are unscaled and finite (GradScaler.step would
+        if scaler is not None:  # only read its inf check back to learn what we know)
+            scaler.update()
         broken = [cb.on_after_optimizer_step(self, state) for cb in self.callbacks]
-        return "param" if any(broken) or not self.guard.key_params_finite(field) else None
+        return "param" if any(broken) else None
 
-    @staticmethod
-    def _scaler_step(scaler: torch.amp.GradScaler, opt) -> bool:
-        """fp16 step; True when the GradScaler skipped it with its scale below 1: not overflow
-        calibration but a gradient non-finite at its own size, a bad step for the NaN guard
-        (else a persistent NaN gradient would skip every step and end "completed")."""
-        before = scaler.get_scale()
-        scaler.step(opt)
-        scaler.update()
-        after = scaler.get_scale()
-        return after < before and after < 1.0
+    def _grad_overflow(self, scaler: torch.amp.GradScaler) -> str | None:
+        """fp16 step with a non-finite gradient: skipped, the loss scale lowered. A bad step
+        for the NaN guard only once the scale is below 1: not overflow calibration but a
+        gradient non-finite at its own size (else a persistent NaN gradient would skip every
+        step and end "completed")."""
+        scaler.update()  # backs the scale off, from the inf check unscale_ recorded
+        return "grad" if scaler.get_scale() < 1.0 else None  # a sync, on bad steps only
+
+    def _verify_last_update(self, state: TrainState) -> bool:
+        """Whether the last update left the key parameters finite (the step's own check only
+        sees the previous one's). If not, the guard rolls back (:meth:`_roll_back`); False."""
+        if self.guard.key_params_finite(state.field):
+            return True
+        self._roll_back(state, "param")
+        return False
+
+    def _roll_back(self, state: TrainState, cause: str) -> bool:
+        """A bad step: the guard skips it (False) or rolls back model, optimizer and schedule
+        and slows down (True); raises :class:`TrainingDiverged` when out of rollbacks."""
+        snap = self.guard.bad_step(state.step, cause)
+        if snap is None:
+            return False
+        state.load_state_dict(snap.state, rng=False)
+        # Compounds over rollbacks, even when restoring the same snapshot again.
+        scale_lr(state.optimizer, state.scheduler, self.guard.lr_scale / snap.lr_scale)
+        self.bar.n = state.step
+        self.bar.refresh()
+        return True
