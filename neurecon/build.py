@@ -48,6 +48,14 @@ def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def loss_terms(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``loss`` group's terms, each node instantiated on its own (errors name the node)."""
+    node = cfg.get("loss")
+    if node is None:
+        return None
+    return {str(k): _instantiate(v, f"loss.{k}") for k, v in node.items() if v is not None}
+
+
 def build(
     cfg: DictConfig, with_trainer: bool = True, trainer_overrides: dict[str, Any] | None = None
 ) -> Run:
@@ -84,9 +92,15 @@ def build(
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=optimizer,
+        # The loss terms are objects (dataclasses): given to the partial, not merged into the
+        # node (Hydra would turn them back into configs).
         trainer=_instantiate(
-            cfg.trainer, "trainer", metrics=cfg.get("metrics"), **(trainer_overrides or {})
-        )
+            cfg.trainer,
+            "trainer",
+            _partial_=True,
+            metrics=cfg.get("metrics"),
+            **(trainer_overrides or {}),
+        )(loss=loss_terms(cfg))
         if with_trainer
         else None,
     )

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.basecontainer import BaseContainer
 
 from neurecon.errors import NeuReconError
@@ -130,7 +130,49 @@ def _only_resolvers(names: frozenset[str]) -> Iterator[None]:
         BaseContainer._resolvers = saved
 
 
+# ``trainer.loss`` of earlier releases (weights and the colour loss's settings) → ``loss``.
+LEGACY_LOSS_KEYS: dict[str, tuple[str, str]] = {
+    "color": ("color", "weight"),
+    "color_type": ("color", "kind"),
+    "color_reduction": ("color", "reduction"),
+    "eikonal": ("eikonal", "weight"),
+    "mask": ("mask", "weight"),
+}
+LOSS_TARGETS = {
+    "color": "neurecon.losses.ColorLoss",
+    "eikonal": "neurecon.losses.EikonalLoss",
+    "mask": "neurecon.losses.MaskLoss",
+}
+# Earlier releases' defaults, for keys their saved trainer.loss did not spell out.
+LEGACY_LOSS_DEFAULTS = {
+    "color": {"weight": 1.0},
+    "eikonal": {"weight": 0.1},
+    "mask": {"weight": 0.1},
+}
+
+
+def _migrate_loss(cfg: DictConfig) -> None:
+    """A run folder saved before the ``loss`` group: its ``trainer.loss`` node becomes the
+    ``loss`` terms, values moved as written."""
+    trainer = cfg._get_node("trainer") if "trainer" in cfg else None
+    if not isinstance(trainer, DictConfig) or "loss" in cfg or "loss" not in trainer:
+        return
+    old = trainer._get_node("loss")
+    terms: dict[str, dict] = {k: {"_target_": t, **LEGACY_LOSS_DEFAULTS[k]}
+                              for k, t in LOSS_TARGETS.items()}  # fmt: skip
+    if isinstance(old, DictConfig):
+        for key in old:
+            if key not in LEGACY_LOSS_KEYS:
+                raise ValueError(f"trainer.loss.{key} is not a key of any release")
+            term, field = LEGACY_LOSS_KEYS[str(key)]
+            terms[term][field] = old._get_node(key)._value()
+    with open_dict(cfg), open_dict(trainer):
+        del trainer["loss"]
+        cfg["loss"] = terms
+
+
 def _rename_legacy(cfg: DictConfig) -> None:
+    _migrate_loss(cfg)
     for old, new in RENAMED_KEYS.items():
         group, key = old.split(".")
         node = cfg._get_node(group) if group in cfg else None

@@ -1,28 +1,46 @@
 """Typed config nodes: the fixed key sets of the config tree, checked by Hydra itself.
 
-``conf/trainer/default.yaml`` starts from ``trainer/loss: typed`` and ``trainer/guard: typed``,
-and ``conf/config.yaml`` from ``metrics: typed``, so an unknown key or a wrong type fails at
-compose time with Hydra's own message (``Key 'eikonall' not in 'LossWeights'``). The
-dataclasses live beside the code that uses them; this module only registers them.
+``conf/trainer/default.yaml`` starts from ``trainer/guard: typed``, ``conf/loss/default.yaml``
+from ``color: typed`` (and each built-in term), and ``conf/config.yaml`` from
+``metrics: typed``, so an unknown key or a wrong type fails at compose time with Hydra's own
+message (``Key 'weightt' not in 'EikonalLoss'``). The dataclasses live beside the code that
+uses them; this module only registers them (a loss term's node is made from its class: its
+fields, their defaults, and its ``_target_``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 from hydra.core.config_store import ConfigStore
 
 from neurecon.eval.settings import MetricOptions
+from neurecon.losses import ColorLoss, EikonalLoss, MaskLoss
 from neurecon.train.guard import GuardSettings
-from neurecon.train.losses import LossWeights
 
 TYPED = "typed"  # the option name the YAML defaults lists use
+# The built-in loss terms: conf/loss/default.yaml's node names.
+LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss}
+
+
+def target_node(cls: type) -> type:
+    """A structured-config dataclass with ``cls``'s fields and defaults and its ``_target_``
+    (named like ``cls``, so Hydra's messages name the class)."""
+    hints = typing.get_type_hints(cls)
+    fields = [("_target_", str, dataclasses.field(default=f"{cls.__module__}.{cls.__qualname__}"))]
+    fields += [(f.name, hints[f.name], dataclasses.field(default=f.default))
+               for f in dataclasses.fields(cls)]  # fmt: skip
+    return dataclasses.make_dataclass(cls.__name__, fields)
 
 
 def register() -> None:
     """Store the schemas in Hydra's config store (idempotent: a re-store replaces)."""
     cs = ConfigStore.instance()
-    cs.store(group="trainer/loss", name=TYPED, node=LossWeights, provider="neurecon")
     cs.store(group="trainer/guard", name=TYPED, node=GuardSettings, provider="neurecon")
     cs.store(group="metrics", name=TYPED, node=MetricOptions, provider="neurecon")
+    for name, cls in LOSS_TERMS.items():
+        cs.store(group=f"loss/{name}", name=TYPED, node=target_node(cls), provider="neurecon")
 
 
 register()

@@ -49,7 +49,7 @@ def test_unknown_option_and_key_fail_with_hydra_messages():
 @pytest.mark.parametrize(
     ("node", "typo", "schema"),
     [
-        ("trainer:\n  loss:\n    eikonall: 0.2", "eikonall", "LossWeights"),
+        ("loss:\n  eikonal:\n    weightt: 0.2", "weightt", "EikonalLoss"),
         ("trainer:\n  guard:\n    max_bad_step: 2", "max_bad_step", "GuardSettings"),
         ("metrics:\n  lpips: vgg", "lpips", "MetricOptions"),
     ],
@@ -65,12 +65,12 @@ def test_typed_nodes_reject_a_misspelt_key_in_a_preset(tmp_path, node, typo, sch
 
 
 def test_typed_nodes_check_types_and_keep_their_defaults():
-    with pytest.raises(ConfigCompositionException, match=r"trainer\.loss\.eikonal=abc"):
-        compose_cfg(["trainer.loss.eikonal=abc"])
+    with pytest.raises(ConfigCompositionException, match=r"loss\.eikonal\.weight=abc"):
+        compose_cfg(["loss.eikonal.weight=abc"])
     with pytest.raises(ConfigCompositionException, match=r"trainer\.guard\.enabled=maybe"):
         compose_cfg(["trainer.guard.enabled=maybe"])
-    cfg = compose_cfg(["trainer.loss.eikonal=0.3"])
-    assert cfg.trainer.loss.eikonal == 0.3 and cfg.trainer.loss.color_type == "l1"
+    cfg = compose_cfg(["loss.eikonal.weight=0.3"])
+    assert cfg.loss.eikonal.weight == 0.3 and cfg.loss.color.kind == "l1"
     assert cfg.trainer.guard.max_bad_steps == 5 and cfg.metrics.lpips_net == "alex"
 
 
@@ -142,7 +142,8 @@ def test_neus_presets_weigh_colour_as_neus_exp_runner_does():
     import torch
     import torch.nn.functional as F
 
-    from neurecon.train.losses import LossWeights, total_loss
+    from neurecon.build import loss_terms
+    from neurecon.losses import total_loss
 
     g = torch.Generator().manual_seed(0)
     pred, rgb = torch.rand(64, 3, generator=g), torch.rand(64, 3, generator=g)
@@ -157,13 +158,13 @@ def test_neus_presets_weigh_colour_as_neus_exp_runner_does():
     bce = F.binary_cross_entropy(opacity.clip(1e-3, 1 - 1e-3), mask)
     neus = color + 0.1 * eik + 0.1 * bce
     for preset in ("neus_wmask", "neus_womask"):
-        w = LossWeights.from_mapping(compose_cfg([f"experiment={preset}"]).trainer.loss)
-        got, _ = total_loss(Out, rgb, mask if preset == "neus_wmask" else None, w)
+        terms = loss_terms(compose_cfg([f"experiment={preset}"]))
+        got, _ = total_loss(terms, Out, rgb, mask if preset == "neus_wmask" else None)
         if preset == "neus_wmask":
             torch.testing.assert_close(got, neus, rtol=1e-5, atol=1e-6)
         else:  # no mask: every ray counts, no mask term
             want = (pred - rgb).abs().sum(-1).mean() + 0.1 * eik
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    w = LossWeights.from_mapping(compose_cfg([]).trainer.loss)  # the default: channel mean
-    _, terms = total_loss(Out, rgb, mask, w)
+    default = loss_terms(compose_cfg([]))  # the default: channel mean
+    _, terms = total_loss(default, Out, rgb, mask)
     torch.testing.assert_close(terms["color"], color / 3, rtol=1e-4, atol=1e-6)  # 3x weaker

@@ -80,7 +80,7 @@ def test_nerfacc_march_matches_the_torch_march_on_a_converged_field():
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_runs_match_fp32(tmp_path, precision):
-    common = ["trainer.max_steps=300", "optimizer.lr=5e-3", "trainer.loss.mask=0.5"]
+    common = ["trainer.max_steps=300", "optimizer.lr=5e-3", "loss.mask.weight=0.5"]
     _, ref = _fit(tmp_path / "fp32", *common)
     _, m = _fit(tmp_path / precision, *common, f"trainer.precision={precision}")
     assert m["status"] == "completed" and np.isfinite(m["test/psnr"])

@@ -269,7 +269,7 @@ def test_finished_run_is_never_overwritten(tmp_path):
         ("trainer.precision=fp8", "trainer.precision='fp8'"),
         ("trainer.guard.lr_factor=2", "trainer.guard.lr_factor must be in"),
         ("trainer.resume=/no/such.ckpt", "checkpoint /no/such.ckpt does not exist"),
-        ("trainer.loss.color_type=l3", "trainer.loss.color_type='l3'"),
+        ("loss.color.kind=l3", "loss.color.kind='l3'"),
         ("field.variance_init=inf", "field.variance_init must be finite"),
         ("renderer.n_samples=1", "need n_samples >= 2"),
         ("trainer.use_mask=maybe", "trainer.use_mask='maybe'; choose auto, true or false"),

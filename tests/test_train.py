@@ -20,7 +20,7 @@ def test_tiny_training_lowers_loss_and_reconstructs_offset_sphere(tmp_path):
             "trainer.log_every=25",
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
-            "trainer.loss.mask=0.5",
+            "loss.mask.weight=0.5",
             "trainer.mesh_resolution=64",
         ]
     )
@@ -140,7 +140,7 @@ def _fit_sphere(tmp_path, *overrides):
             "trainer.max_steps=200",
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
-            "trainer.loss.mask=0.5",
+            "loss.mask.weight=0.5",
             "trainer.mesh_resolution=64",
             *overrides,
         ]

@@ -22,6 +22,7 @@ from neurecon.eval import EvalSettings, evaluate_run
 from neurecon.eval.settings import metric_options
 from neurecon.io import write_json
 from neurecon.log import NoneLogger
+from neurecon.losses import LossTerm, default_terms, total_loss
 from neurecon.optim import OptimizerFactory
 from neurecon.train import callbacks as jobs
 from neurecon.train.batch import next_ray_count
@@ -30,7 +31,6 @@ from neurecon.train.checkpoint import checkpoint_to_resume
 from neurecon.train.compile import compile_field
 from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
 from neurecon.train.lock import run_folder_lock
-from neurecon.train.losses import LossWeights, total_loss
 from neurecon.train.pruning import make_reporter
 from neurecon.train.state import TrainState
 
@@ -42,8 +42,9 @@ class Trainer:
     """Random-ray training with a NaN guard; checkpoints, logging, validation and pruning as
     callbacks; the final evaluation by :func:`neurecon.eval.evaluate_run`. Every argument is a
     ``trainer.*`` key, documented in ``conf/trainer/default.yaml``; ``metrics`` is the
-    ``metrics`` group, ``pruning`` is set by the sweeper, ``deadline`` by a SLURM job
-    (:mod:`neurecon.cluster`); ``callbacks`` adds callbacks by name."""
+    ``metrics`` group, ``loss`` the ``loss`` group's terms (:mod:`neurecon.losses`),
+    ``pruning`` is set by the sweeper, ``deadline`` by a SLURM job (:mod:`neurecon.cluster`);
+    ``callbacks`` adds callbacks by name."""
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class Trainer:
         mesh_resolution: int = 128,
         chamfer_points: int = 100_000,
         chamfer_threshold: float = 0.01,
-        loss: Mapping[str, Any] | None = None,
+        loss: Mapping[str, LossTerm] | None = None,
         use_mask: bool | str = "auto",
         objective: str | Sequence[str] = "test/psnr",
         progress: bool = True,
@@ -99,7 +100,12 @@ class Trainer:
         self.max_batch_rays = max(int(max_batch_rays), 1)
         self.val_every, self.val_views, self.log_every = val_every, val_views, log_every
         self.ckpt_every, self.keep_ckpts = ckpt_every, keep_ckpts
-        self.w = LossWeights.from_mapping(loss)
+        # The objective's terms (the ``loss`` group, built by neurecon.build); a field or
+        # renderer adds its own through ``loss_terms()`` at fit time.
+        self.loss_terms: dict[str, LossTerm] = dict(default_terms() if loss is None else loss)
+        for name, term in self.loss_terms.items():
+            if not isinstance(term, LossTerm):
+                raise ConfigError(f"loss.{name}: {type(term).__name__} is not a LossTerm")
         self.use_mask, self.progress, self.seed = use_mask, progress, seed
         self.objective = objective if isinstance(objective, str) else list(objective)
         self.device = resolve_device(device)
@@ -246,6 +252,9 @@ class Trainer:
             total=self.max_steps, initial=state.step, disable=not self.progress, desc="train"
         )
         scheduled = [m for m in field.modules() if callable(getattr(m, "update_step", None))]
+        objective = dict(self.loss_terms)
+        for module in (field, renderer):  # terms a field or renderer contributes
+            objective.update(getattr(module, "loss_terms", dict)())
         first = True
         while state.step < self.max_steps:
             state.step += 1
@@ -258,7 +267,9 @@ class Trainer:
             batch = sample_batch(self.store, state.rays, state.generator)
             with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
                 r = renderer(field, batch.origins, batch.dirs, bg)
-            loss, terms = total_loss(r, batch.rgb, batch.mask if use_mask else None, self.w)
+            loss, terms = total_loss(
+                objective, r, batch.rgb, batch.mask if use_mask else None, state.step
+            )
             for cb in self.callbacks:
                 loss = cb.on_loss(self, state, loss)
             cause = self._optimize(state, loss)
