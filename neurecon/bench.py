@@ -353,8 +353,6 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
         "trainer.overwrite=true",  # the bench's own folder: a rerun replaces it
         "logger=none",
         "metrics.lpips_net=null",
-        # A CPU dry run of the script: photos at 1/8 and a coarse mesh, so the evaluation ends.
-        *(["dataset.downscale=8", "trainer.mesh_resolution=64"] * (device.type != "cuda")),
         *args.overrides,
     ]
     # Not the speed bench's base: the acceptance run keeps its mesh and checkpoints.
