@@ -124,11 +124,11 @@ def test_sampled_rays_avoid_invalid_pixels(distorted_capture):
     assert (b.rgb < 1.0).any(dim=-1).all()
 
 
-def test_300_steps_on_the_distorted_capture_finish_with_a_finite_psnr(distorted_capture, tmp_path):
+def test_400_steps_on_the_distorted_capture_finish_with_a_finite_psnr(distorted_capture, tmp_path):
     root, _ = distorted_capture
     m = fit_on_files(
         tmp_path, "dataset=ngp", f"dataset.root={root}", "dataset.test_every=4",
-        "trainer.max_steps=300", "trainer.mesh_resolution=32",
+        "trainer.max_steps=400", "trainer.mesh_resolution=32",
     )  # fmt: skip
-    print("300 steps on the distorted capture: test PSNR", m["test/psnr"])
+    print("400 steps on the distorted capture:", m["status"], "test PSNR", m["test/psnr"])
     assert m["status"] == "completed" and math.isfinite(m["test/psnr"]) and m["test/psnr"] > 15

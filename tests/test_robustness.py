@@ -1,6 +1,7 @@
 """Training that cannot silently fail: NaN guard, divergence, resume, OOM, bad input."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -386,3 +387,34 @@ def test_oom_retry_frees_the_failed_calls_tensors_before_emptying_the_cache(monk
                         lambda: alive_at_empty.append(refs[-1]() is not None))  # fmt: skip
     assert memory.retry_on_oom(fn, 16, "test") == (4, 4)
     assert alive_at_empty == [False, False]
+
+
+def test_fp16_scaler_bookkeeping_on_bad_steps():
+    """The fp16 path of the step, on a CPU GradScaler (the trainer builds one on CUDA only):
+    every unscale_ gets its update() whatever the step's fate (a second unscale_ would raise),
+    an overflow backs the scale off without counting as a bad step until the scale is below 1,
+    and a skipped step leaves the weights alone."""
+    from neurecon.train.state import TrainState
+
+    run = build(compose_cfg([*FAST, "trainer.max_steps=3"]))
+    tr, field = run.trainer, run.field
+    opt, sched = run.optimizer.build(field, 10)
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=1000)
+    state = TrainState(field, run.renderer, opt, sched, torch.Generator(), tr.scaler, tr.guard)
+    state.step, tr.callbacks = 1, []
+
+    def step(poison_grad=False, nan_loss=False):
+        loss = (field.variance - 1.0) ** 2 * (math.nan if nan_loss else 1.0)
+        hook = field.variance.register_hook(lambda g: g * math.nan) if poison_grad else None
+        before = field.variance.detach().clone()
+        cause = tr._optimize(state, loss)
+        if hook is not None:
+            hook.remove()
+        return cause, not torch.equal(before, field.variance.detach())
+
+    assert step() == (None, True) and tr.scaler.get_scale() == 4.0
+    assert step(poison_grad=True) == (None, False) and tr.scaler.get_scale() == 2.0
+    assert step(poison_grad=True) == (None, False) and tr.scaler.get_scale() == 1.0
+    assert step(poison_grad=True) == ("grad", False) and tr.scaler.get_scale() == 0.5
+    assert step(nan_loss=True) == ("loss", False)
+    assert step() == (None, True)  # no "unscale_() has already been called"

@@ -110,4 +110,6 @@ def total_loss(
         if v is not None:
             values[name] = v
             total = total + w * v
+    if not values:  # nothing applies: a zero without gradient (the step learns nothing)
+        total = rgb.new_zeros(())
     return total, values

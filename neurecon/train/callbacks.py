@@ -117,6 +117,8 @@ class ValidationCallback(Callback):
         step = state.step
         if not (self.every and step % self.every == 0 and step < trainer.max_steps):
             return False
+        if not trainer.guard.key_params_finite(state.field):
+            return False  # the last update broke it: the next step's check rolls it back
         scene = trainer.scene
         views = scene.test_ids.tolist()[: max(1, self.views)]
         names = [f"step_{step:07d}_view_{v:03d}.png" for v in views]

@@ -318,12 +318,19 @@ class Trainer:
             if scaler is not None:
                 scaler.unscale_(opt)  # records the scaler's inf check on the device, no sync
         loss_bad, grad_bad, param_bad = self.guard.step_flags(loss, field)
-        if param_bad:  # the previous update broke a key parameter: roll back at once
-            return "param"
-        if loss_bad:
-            return "loss"
-        if grad_bad:
-            return self._grad_overflow(scaler) if scaler is not None else "grad"
+        cause = "param" if param_bad else "loss" if loss_bad else "grad" if grad_bad else None
+        if cause is not None:  # param: the previous update broke a key parameter (roll back)
+            if scaler is not None and loss.requires_grad:
+                # Every unscale_ needs its update() before the next one; after non-finite
+                # gradients it backs the loss scale off.
+                scaler.update()
+                if cause == "grad" and scaler.get_scale() >= 1.0:  # a sync, on bad steps only
+                    # Overflow calibration, not a bad step: the NaN guard counts a non-finite
+                    # gradient only once the scale is below 1, where it is non-finite at its
+                    # own size (else a persistent NaN gradient would skip every step and end
+                    # "completed").
+                    return None
+            return cause
         # The parameters are the previous step's, known finite: the guard's snapshot point.
         self.guard.good_step(state.step - 1, lambda: state.state_dict(step=state.step - 1))
         if not loss.requires_grad:
@@ -335,14 +342,6 @@ class Trainer:
             scaler.update()
         broken = [cb.on_after_optimizer_step(self, state) for cb in self.callbacks]
         return "param" if any(broken) else None
-
-    def _grad_overflow(self, scaler: torch.amp.GradScaler) -> str | None:
-        """fp16 step with a non-finite gradient: skipped, the loss scale lowered. A bad step
-        for the NaN guard only once the scale is below 1: not overflow calibration but a
-        gradient non-finite at its own size (else a persistent NaN gradient would skip every
-        step and end "completed")."""
-        scaler.update()  # backs the scale off, from the inf check unscale_ recorded
-        return "grad" if scaler.get_scale() < 1.0 else None  # a sync, on bad steps only
 
     def _verify_last_update(self, state: TrainState) -> bool:
         """Whether the last update left the key parameters finite (the step's own check only
