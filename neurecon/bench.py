@@ -55,8 +55,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 BENCH_OVERRIDES = [
     "logger=none",
     "trainer.progress=false",
-    "trainer.val_every=0",
-    "trainer.ckpt_every=0",
+    "callbacks.validate.every=0",
+    "callbacks.checkpoint.every=0",
     "trainer.mesh_resolution=0",
     "metrics.lpips_net=null",
 ]
@@ -157,8 +157,8 @@ class _TrainProbe(Callback):
             vals.append(psnr(np.clip(img["color"], 0, 1), sc.image(v), m))
         return float(np.mean(vals))
 
-    def on_step_end(self, trainer: Any, state: Any, stats: dict[str, Any]) -> bool:
-        step = state.step
+    def on_step_end(self, ctx: Any, stats: dict[str, Any]) -> bool:
+        step = ctx.state.step
         _sync(self.device)
         now = time.perf_counter()
         dt = now - self.t_last
@@ -349,7 +349,7 @@ def gpu_suite(args: argparse.Namespace) -> dict[str, Any]:
         f"dataset.root={args.data}",
         f"trainer.max_time={args.budget}",
         "trainer.progress=false",
-        "trainer.val_every=0",
+        "callbacks.validate.every=0",
         "trainer.overwrite=true",  # the bench's own folder: a rerun replaces it
         "logger=none",
         "metrics.lpips_net=null",

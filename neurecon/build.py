@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from neurecon.cluster import SlurmJob, deadline_on_signal
@@ -56,6 +56,15 @@ def loss_terms(cfg: DictConfig) -> dict[str, Any] | None:
     return {str(k): _instantiate(v, f"loss.{k}") for k, v in node.items() if v is not None}
 
 
+def callbacks(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``callbacks`` group's objects by name (a null node is dropped), or None when the
+    config has no such group (the trainer's defaults)."""
+    node = cfg.get("callbacks")
+    if node is None:
+        return None
+    return {str(k): _instantiate(v, f"callbacks.{k}") for k, v in node.items() if v is not None}
+
+
 def build(
     cfg: DictConfig, with_trainer: bool = True, trainer_overrides: dict[str, Any] | None = None
 ) -> Run:
@@ -63,9 +72,10 @@ def build(
     from ``cfg`` (``trainer_overrides``: extra ``Trainer`` arguments). Tools that only evaluate
     pass ``with_trainer=False``."""
     # The one storage URL a run's own config may carry: never with its password (it is saved).
-    raw_pruning = OmegaConf.to_container(cfg.trainer, resolve=False).get("pruning")
-    if isinstance(raw_pruning, dict):
-        refuse_saved_password(raw_pruning.get("storage"), "trainer.pruning.storage")
+    raw = OmegaConf.to_container(cfg, resolve=False).get("callbacks") or {}
+    prune = raw.get("prune") if isinstance(raw, dict) else None
+    if isinstance(prune, dict):
+        refuse_saved_password(prune.get("storage"), "callbacks.prune.storage")
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
     encoder = _instantiate(cfg.encoder, "encoder")
@@ -92,15 +102,15 @@ def build(
         field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
         renderer=_instantiate(cfg.renderer, "renderer"),
         optimizer=optimizer,
-        # The loss terms are objects (dataclasses): given to the partial, not merged into the
-        # node (Hydra would turn them back into configs).
+        # The loss terms and callbacks are objects (dataclasses): given to the partial, not
+        # merged into the node (Hydra would turn them back into configs).
         trainer=_instantiate(
             cfg.trainer,
             "trainer",
             _partial_=True,
             metrics=cfg.get("metrics"),
             **(trainer_overrides or {}),
-        )(loss=loss_terms(cfg))
+        )(loss=loss_terms(cfg), callbacks=callbacks(cfg))
         if with_trainer
         else None,
     )
@@ -176,8 +186,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> float | list[float]:
         if job.cpus_per_task:
             torch.set_num_threads(job.cpus_per_task)
         with deadline_on_signal() as attach:
-            overrides = job.trainer_overrides(cfg.trainer, time.time())
-            r, metrics = _fit(cfg, out_dir, overrides, attach)
+            with open_dict(cfg):  # the job's own callback node
+                cfg.callbacks = cfg.get("callbacks") or {}
+                cfg.callbacks.deadline = job.deadline_node(cfg.trainer, time.time())
+            overrides = job.trainer_overrides(cfg.trainer)
+            r, metrics = _fit(
+                cfg, out_dir, overrides, lambda t: attach(t.named_callbacks["deadline"])
+            )
     if metrics["status"] == "time_limit":
         log.warning("run stopped early: %s", metrics.get("stop_reason"))
     elif metrics["status"] != "completed":

@@ -2,10 +2,12 @@
 
 Three things change when ``SLURM_JOB_ID`` is set:
 
-- **Time limit.** With ``trainer.max_time`` unset, training stops at a deadline a margin before
-  the job's end (:func:`deadline_margin`), so the trial validates, meshes and writes its
-  metrics with status ``time_limit`` instead of being killed. submitit's warning signal
-  (``USR2``, ``hydra.launcher.signal_delay_s`` before the end) moves the deadline to now.
+- **Time limit.** The job adds a ``callbacks.deadline`` node
+  (:class:`~neurecon.train.callbacks.DeadlineCallback`): with ``trainer.max_time`` unset,
+  training stops a margin before the job's end (:func:`deadline_margin`), so the trial
+  validates, meshes and writes its metrics with status ``time_limit`` instead of being killed.
+  submitit's warning signal (``USR2``, ``hydra.launcher.signal_delay_s`` before the end) moves
+  the deadline to now.
 - **Requeue.** A job that SLURM requeued (``SLURM_RESTART_COUNT`` > 0: preemption,
   ``scontrol requeue``, a node failure) continues from the run folder's newest checkpoint: its
   ``trainer.resume=never`` becomes ``auto``. The run-folder lock keeps one writer.
@@ -16,6 +18,7 @@ Three things change when ``SLURM_JOB_ID`` is set:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -80,12 +83,14 @@ class SlurmJob:
             time_left_s=_squeue_time_left(job_id),
         )
 
-    def trainer_overrides(self, trainer_cfg: Mapping[str, Any], now: float) -> dict[str, Any]:
-        """``Trainer`` arguments this job changes (``deadline``, ``resume``), logged."""
-        out: dict[str, Any] = {}
+    def deadline_node(self, trainer_cfg: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """The ``callbacks.deadline`` node this job adds: a margin before its end when
+        ``trainer.max_time`` is unset and the limit is known, else never (the warning signal
+        can still move it to now)."""
+        at = math.inf
         if trainer_cfg.get("max_time") is None and self.time_left_s is not None:
             margin = deadline_margin(self.time_left_s)
-            out["deadline"] = now + max(self.time_left_s - margin, 1.0)
+            at = now + max(self.time_left_s - margin, 1.0)
             log.info(
                 "SLURM job %s: %.0f s left; training stops %.0f s before the end "
                 "(trainer.max_time is unset)",
@@ -93,6 +98,11 @@ class SlurmJob:
                 self.time_left_s,
                 margin,
             )
+        return {"_target_": "neurecon.train.callbacks.DeadlineCallback", "at": at}
+
+    def trainer_overrides(self, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """``Trainer`` arguments this job changes (``resume``), logged."""
+        out: dict[str, Any] = {}
         if self.restart_count > 0 and trainer_cfg.get("resume", "never") == "never":
             out["resume"] = "auto"
             log.info(
@@ -122,22 +132,23 @@ def _squeue_time_left(job_id: str) -> float | None:
 
 @contextmanager
 def deadline_on_signal(signum: int = WARNING_SIGNAL) -> Iterator[Callable[[Any], None]]:
-    """Catch ``signum`` for the duration; yields ``attach(trainer)``. The signal sets the
-    attached trainer's ``deadline`` to now (the loop then stops at the end of its step and the
-    run finishes cleanly); one caught before ``attach`` applies when the trainer is attached.
-    The previous handler returns afterwards. A no-op off the main thread."""
-    box: dict[str, Any] = {"trainer": None, "at": None}
+    """Catch ``signum`` for the duration; yields ``attach(deadline)``. The signal sets the
+    attached :class:`~neurecon.train.callbacks.DeadlineCallback`'s ``at`` to now (the loop then
+    stops at the end of its step and the run finishes cleanly); one caught before ``attach``
+    applies when the callback is attached. The previous handler returns afterwards. A no-op
+    off the main thread."""
+    box: dict[str, Any] = {"deadline": None, "at": None}
 
-    def attach(trainer: Any) -> None:
-        box["trainer"] = trainer
+    def attach(deadline: Any) -> None:
+        box["deadline"] = deadline
         if box["at"] is not None:
-            trainer.deadline = box["at"]
+            deadline.at = box["at"]
 
     def handler(signum: int, frame: Any) -> None:
         box["at"] = time.time()
         log.warning("%s received: the job's time is nearly up", signal.Signals(signum).name)
-        if box["trainer"] is not None:
-            box["trainer"].deadline = box["at"]
+        if box["deadline"] is not None:
+            box["deadline"].at = box["at"]
 
     try:
         previous = signal.signal(signum, handler)

@@ -171,8 +171,26 @@ def _migrate_loss(cfg: DictConfig) -> None:
         cfg["loss"] = terms
 
 
+# Side jobs of training: an evaluation of a saved run never builds them, so they are dropped
+# before the checks (a folder whose run had a callback of its user's own still opens). The
+# trainer keys are those of releases before the callbacks group.
+SIDE_JOB_KEYS = ("callbacks", "pruning", "deadline", "log_every", "val_every", "val_views",
+                 "ckpt_every", "keep_ckpts")  # fmt: skip
+
+
+def _drop_side_jobs(cfg: DictConfig) -> None:
+    trainer = cfg._get_node("trainer") if "trainer" in cfg else None
+    with open_dict(cfg):
+        cfg.pop("callbacks", None)
+    if isinstance(trainer, DictConfig):
+        with open_dict(trainer):
+            for key in SIDE_JOB_KEYS:
+                trainer.pop(key, None)
+
+
 def _rename_legacy(cfg: DictConfig) -> None:
     _migrate_loss(cfg)
+    _drop_side_jobs(cfg)
     for old, new in RENAMED_KEYS.items():
         group, key = old.split(".")
         node = cfg._get_node(group) if group in cfg else None

@@ -1,7 +1,8 @@
 """Typed config nodes: the fixed key sets of the config tree, checked by Hydra itself.
 
 ``conf/trainer/default.yaml`` starts from ``trainer/guard: typed``, ``conf/loss/default.yaml``
-from ``color: typed`` (and each built-in term), and ``conf/config.yaml`` from
+from ``color: typed`` (and each built-in term), ``conf/callbacks/default.yaml`` from
+``log: typed`` (and each built-in callback), and ``conf/config.yaml`` from
 ``metrics: typed``, so an unknown key or a wrong type fails at compose time with Hydra's own
 message (``Key 'weightt' not in 'EikonalLoss'``). The dataclasses live beside the code that
 uses them; this module only registers them (a loss term's node is made from its class: its
@@ -17,11 +18,14 @@ from hydra.core.config_store import ConfigStore
 
 from neurecon.eval.settings import MetricOptions
 from neurecon.losses import ColorLoss, EikonalLoss, MaskLoss
+from neurecon.train.callbacks import CheckpointCallback, LogCallback, ValidationCallback
 from neurecon.train.guard import GuardSettings
 
 TYPED = "typed"  # the option name the YAML defaults lists use
 # The built-in loss terms: conf/loss/default.yaml's node names.
 LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss}
+# The built-in callbacks: conf/callbacks/default.yaml's node names.
+CALLBACKS = {"log": LogCallback, "validate": ValidationCallback, "checkpoint": CheckpointCallback}
 
 
 def target_node(cls: type) -> type:
@@ -41,6 +45,8 @@ def register() -> None:
     cs.store(group="metrics", name=TYPED, node=MetricOptions, provider="neurecon")
     for name, cls in LOSS_TERMS.items():
         cs.store(group=f"loss/{name}", name=TYPED, node=target_node(cls), provider="neurecon")
+    for name, cls in CALLBACKS.items():
+        cs.store(group=f"callbacks/{name}", name=TYPED, node=target_node(cls), provider="neurecon")
 
 
 register()

@@ -43,7 +43,7 @@ def _url(spec: Any) -> Any:
 
 class _StdlibURL:
     """What :func:`_url` needs of SQLAlchemy's URL where SQLAlchemy is not installed (a run
-    without the sweep extras still checks ``trainer.pruning.storage``)."""
+    without the sweep extras still checks ``callbacks.prune.storage``)."""
 
     def __init__(self, spec: str) -> None:
         from urllib.parse import urlsplit

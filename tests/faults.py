@@ -4,8 +4,8 @@ so a fault fires once.
 
 In Python: ``trainer.fit(..., callbacks=[FaultInjection(nan_loss_at=[10])])``. From the
 command line, with this folder on PYTHONPATH:
-``+trainer.callbacks.faults._target_=faults.FaultInjection``
-``+trainer.callbacks.faults.nan_loss_from=15``.
+``+callbacks.faults._target_=faults.FaultInjection``
+``+callbacks.faults.nan_loss_from=15``.
 """
 
 from __future__ import annotations
@@ -37,21 +37,21 @@ class FaultInjection(Callback):
         self.silent_at = set(silent_nan_param_at)
         self.iteration = 0
 
-    def on_loss(self, trainer, state, loss):
+    def on_loss(self, ctx, loss):
         self.iteration += 1  # once per loop iteration
         from_ = self.loss_from is not None and self.iteration >= int(self.loss_from)
         return loss * float("nan") if self.iteration in self.loss_at or from_ else loss
 
-    def on_after_backward(self, trainer, state) -> None:
+    def on_after_backward(self, ctx) -> None:
         if self.iteration in self.grad_at:
-            next(p for p in state.field.parameters() if p.grad is not None).grad.fill_(math.nan)
+            next(p for p in ctx.state.field.parameters() if p.grad is not None).grad.fill_(math.nan)
 
-    def on_after_optimizer_step(self, trainer, state) -> bool:
+    def on_after_optimizer_step(self, ctx) -> bool:
         if self.iteration in self.silent_at:
             with torch.no_grad():
-                state.field.variance.fill_(math.nan)
+                ctx.state.field.variance.fill_(math.nan)
         if self.iteration not in self.param_at:
             return False
         with torch.no_grad():
-            next(iter(state.field.parameters())).fill_(math.nan)
+            next(iter(ctx.state.field.parameters())).fill_(math.nan)
         return True

@@ -86,7 +86,7 @@ def test_background_is_trained_and_checkpointed(tmp_path):
             "dataset.env_background=true",
             "trainer.use_mask=false",
             "trainer.max_steps=20",
-            "trainer.ckpt_every=20",
+            "callbacks.checkpoint.every=20",
         ]
     )
     run = build(cfg)

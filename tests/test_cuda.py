@@ -23,7 +23,7 @@ from test_occupancy import CENTRE, OffCentreSphereSDF, _camera_rays
 from neurecon.build import build
 from neurecon.fields.base import SDFOutput
 from neurecon.render import NeuSRenderer, OccupancyGrid, occupancy
-from neurecon.train.callbacks import Callback
+from neurecon.train.callbacks import SyncCountCallback
 
 pytestmark = [
     pytest.mark.cuda,
@@ -89,14 +89,18 @@ def test_mixed_precision_runs_match_fp32(tmp_path, precision):
 
 
 def _cli(out, *overrides):
-    args = [a for a in CUDA_TINY if not a.startswith("trainer.ckpt_every")]
+    args = [a for a in CUDA_TINY if not a.startswith("callbacks.checkpoint.every")]
     return [sys.executable, "train.py", f"hydra.run.dir={out}", *args, "dataset.shape=sphere",
             *overrides]  # fmt: skip
 
 
 @needs_nerfacc
 def test_sigkill_then_resume_on_cuda_with_the_nerfacc_grid(tmp_path):
-    args = ["trainer.max_steps=300", "trainer.ckpt_every=25", "renderer.grid.backend=nerfacc"]
+    args = [
+        "trainer.max_steps=300",
+        "callbacks.checkpoint.every=25",
+        "renderer.grid.backend=nerfacc",
+    ]
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         _cli(out, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -118,7 +122,10 @@ def test_sigkill_then_resume_on_cuda_with_the_nerfacc_grid(tmp_path):
 def test_a_cuda_run_folder_is_re_evaluated_on_cpu(tmp_path):
     run_dir = tmp_path / "cuda_run"
     res = subprocess.run(
-        [*_cli(run_dir, "trainer.max_steps=60", "trainer.ckpt_every=60"), "trainer.device=cuda"],
+        [
+            *_cli(run_dir, "trainer.max_steps=60", "callbacks.checkpoint.every=60"),
+            "trainer.device=cuda",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -152,31 +159,27 @@ def test_bench_reports_cuda_peak_memory(tmp_path):
     assert fig["memory_kind"] == "cuda" and fig["train_peak_mib"] > 0 and fig["val_peak_mib"] > 0
 
 
-class _SyncWarnings(Callback):
-    """CUDA's own count of the syncs of whole loop iterations ending at ``steps``
-    (``torch.cuda.set_sync_debug_mode``), as ``SyncCountCallback`` counts them on a CPU."""
+class _SyncWarnings:
+    """CUDA's own record of synchronising calls (``torch.cuda.set_sync_debug_mode``), as a
+    ``SyncCountCallback`` counter: the same window as the CPU count."""
 
-    def __init__(self, steps):
-        self.steps, self.per_step, self._cm, self._rec = set(steps), {}, None, None
+    def __enter__(self):
+        self._cm = warnings.catch_warnings(record=True)
+        self._rec = self._cm.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode(1)  # warn at every synchronising call
+        return self
 
-    def on_step_end(self, trainer, state, stats) -> bool:
-        if self._cm is not None:
-            torch.cuda.set_sync_debug_mode(0)
-            self.per_step[state.step] = [str(w.message)[:120] for w in self._rec]
-            self._cm.__exit__(None, None, None)
-            self._cm = None
-        if state.step + 1 in self.steps:
-            self._cm = warnings.catch_warnings(record=True)
-            self._rec = self._cm.__enter__()
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode(1)  # warn at every synchronising call
-        return False
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode(0)
+        self.calls = [str(w.message)[:120] for w in self._rec]
+        self._cm.__exit__(*exc)
 
 
 def test_a_cuda_step_syncs_twice_and_its_pixels_stay_on_the_device(tmp_path):
     """dataset.device=auto puts a small scene's pixels on the GPU; an ordinary step then syncs
     for the guard's flags and the march's sample count only (CPU: test_step_syncs.py)."""
-    cb = _SyncWarnings({41, 42})
+    cb = SyncCountCallback({41, 42}, counter=_SyncWarnings)
     run = build(compose_cfg([*CUDA_TINY, "dataset.shape=sphere", "trainer.max_steps=50",
                              "renderer.grid.warmup_steps=16"]))  # fmt: skip
     m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path, callbacks=[cb])

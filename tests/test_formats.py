@@ -141,8 +141,8 @@ def test_neus_custom_without_mask_folder(tmp_path):
 QUICK = [
     "trainer.max_steps=5",
     "trainer.batch_rays=64",
-    "trainer.val_every=0",
-    "trainer.ckpt_every=0",
+    "callbacks.validate.every=0",
+    "callbacks.checkpoint.every=0",
     "trainer.mesh_resolution=32",
     "trainer.progress=false",
     "trainer.device=cpu",

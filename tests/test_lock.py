@@ -11,7 +11,7 @@ from conftest import REPO, TINY
 
 from neurecon.train.lock import acquire, release
 
-ARGS = [*TINY, "dataset.shape=sphere", "trainer.ckpt_every=10"]
+ARGS = [*TINY, "dataset.shape=sphere", "callbacks.checkpoint.every=10"]
 
 
 def _cli(out, *overrides):

@@ -17,7 +17,7 @@ FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
 RUN = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
     "trainer.max_steps=20",
-    "trainer.log_every=5",
+    "callbacks.log.every=5",
 ]
 
 

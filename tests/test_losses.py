@@ -48,7 +48,7 @@ def test_a_new_term_is_one_file_and_one_yaml_node(tmp_path, monkeypatch):
     (tmp_path / "experiment" / "normals.yaml").write_text(PRESET)
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_cfg([*TINY, "dataset.shape=sphere", "trainer.max_steps=20",
-                       "trainer.log_every=10", f"hydra.searchpath=[file://{tmp_path}]",
+                       "callbacks.log.every=10", f"hydra.searchpath=[file://{tmp_path}]",
                        "experiment=normals"])  # fmt: skip
     run = build(cfg)
     assert list(run.trainer.loss_terms) == ["color", "eikonal", "mask", "normal_consistency"]
@@ -70,7 +70,7 @@ class _MeanOpacity(LossTerm):
 
 def test_a_renderer_contributes_terms_of_its_own(tmp_path):
     run = build(compose_cfg([*TINY, "dataset.shape=sphere", "trainer.max_steps=10",
-                             "trainer.log_every=5"]))  # fmt: skip
+                             "callbacks.log.every=5"]))  # fmt: skip
     run.renderer.loss_terms = lambda: {"opacity": _MeanOpacity(weight=1e-3)}
     run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path)
     assert all(0 < row["loss/opacity"] <= 1 for row in run.trainer.history)

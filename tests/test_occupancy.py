@@ -211,7 +211,7 @@ class _Record(Callback):
     def __init__(self, seen: list) -> None:
         self.seen = seen
 
-    def on_step_end(self, trainer, state, stats) -> bool:
+    def on_step_end(self, ctx, stats) -> bool:
         self.seen.append((stats["rays"], stats["samples"]))
         return False
 

@@ -21,7 +21,7 @@ from neurecon.optim import lr_factor
 from neurecon.train.checkpoint import load_checkpoint, save_checkpoint
 from neurecon.train.guard import TrainingDiverged
 
-FAST = [*TINY, "dataset.shape=sphere", "optimizer.lr=5e-3", "trainer.log_every=10"]
+FAST = [*TINY, "dataset.shape=sphere", "optimizer.lr=5e-3", "callbacks.log.every=10"]
 
 
 def _split_faults(overrides) -> tuple[list[str], list[FaultInjection]]:
@@ -97,7 +97,7 @@ def test_a_parameter_an_update_breaks_is_caught_by_the_next_check_or_at_the_end(
     run, m = _fit(
         tmp_path,
         "trainer.max_steps=30",
-        "trainer.ckpt_every=10",
+        "callbacks.checkpoint.every=10",
         "trainer.guard.snapshot_every=5",
         "faults.silent_nan_param_at=[12,33]",  # iteration 33 is step 30 after the rollback
     )
@@ -176,8 +176,8 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
             _cli(
                 out,
                 "trainer.max_steps=100000",
-                "trainer.ckpt_every=1",
-                "trainer.keep_ckpts=3",
+                "callbacks.checkpoint.every=1",
+                "callbacks.checkpoint.keep=3",
                 "trainer.resume=auto",
             ),
             cwd=REPO,
@@ -198,7 +198,7 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = ["trainer.max_steps=100", "trainer.ckpt_every=25"]
+    args = ["trainer.max_steps=100", "callbacks.checkpoint.every=25"]
     ref = subprocess.run(_cli(tmp_path / "ref", *args), cwd=REPO, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -300,7 +300,7 @@ def test_fp16_persistent_nan_gradient_is_not_a_completed_run(tmp_path):
 
 
 def test_fp16_scaler_state_is_checkpointed_and_fp32_builds_no_scaler(tmp_path):
-    run = build(compose_cfg([*FAST, "trainer.max_steps=6", "trainer.ckpt_every=3"]))
+    run = build(compose_cfg([*FAST, "trainer.max_steps=6", "callbacks.checkpoint.every=3"]))
     run.trainer.precision = "fp16"
     run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "a")
     state = load_checkpoint(tmp_path / "a" / "checkpoints" / "step_0000006.ckpt")

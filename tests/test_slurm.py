@@ -5,6 +5,7 @@ SLURM job logic of :mod:`neurecon.cluster` on its own."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from conftest import REPO, TINY, compose_cfg
 from test_sweeps import FAST, _study
 
 from neurecon.cluster import SlurmJob, deadline_on_signal, parse_slurm_duration
+from neurecon.train.callbacks import DeadlineCallback
 
 # The README's SLURM command (without gpus_per_node: this node has no GPU).
 README_SLURM = [
@@ -43,43 +45,45 @@ def test_parse_slurm_duration(text, seconds):
 def test_slurm_job_sets_a_deadline_and_resumes_after_a_requeue():
     now = 1000.0
     job = SlurmJob("7", restart_count=0, cpus_per_task=2, time_left_s=600.0)
-    over = job.trainer_overrides({"max_time": None, "resume": "never"}, now)
-    assert over == {"deadline": now + 600 - 60}  # 10 % margin
-    short = SlurmJob("7", time_left_s=50.0).trainer_overrides({"max_time": None}, now)
-    assert short["deadline"] == now + 30  # at least 20 s for the final evaluation
-    # An explicit max_time wins; a requeued job continues from its checkpoint.
+    node = job.deadline_node({"max_time": None}, now)
+    assert node == {"_target_": "neurecon.train.callbacks.DeadlineCallback", "at": now + 540}
+    assert job.trainer_overrides({"max_time": None, "resume": "never"}) == {}
+    short = SlurmJob("7", time_left_s=50.0).deadline_node({"max_time": None}, now)
+    assert short["at"] == now + 30  # at least 20 s for the final evaluation
+    # An explicit max_time wins (the deadline is only the signal's); a requeued job continues
+    # from its checkpoint.
     requeued = SlurmJob("7", restart_count=1, time_left_s=600.0)
-    assert requeued.trainer_overrides({"max_time": 100, "resume": "never"}, now) == {
-        "resume": "auto"
-    }
-    assert requeued.trainer_overrides({"max_time": 100, "resume": "x.ckpt"}, now) == {}
+    assert requeued.deadline_node({"max_time": 100}, now)["at"] == math.inf
+    assert requeued.trainer_overrides({"max_time": 100, "resume": "never"}) == {"resume": "auto"}
+    assert requeued.trainer_overrides({"max_time": 100, "resume": "x.ckpt"}) == {}
     assert SlurmJob.from_env({}) is None
 
 
 def test_trainer_stops_at_its_deadline_and_still_evaluates(tmp_path):
     from neurecon.build import build
 
-    r = build(compose_cfg([*TINY, "trainer.max_steps=100000", "trainer.mesh_resolution=32"]),
-              trainer_overrides={"deadline": time.time() + 2.0})  # fmt: skip
+    at = time.time() + 2.0
+    deadline = f"+callbacks.deadline={{_target_:neurecon.train.callbacks.DeadlineCallback,at:{at}}}"
+    r = build(compose_cfg([*TINY, "trainer.max_steps=100000", "trainer.mesh_resolution=32",
+                           deadline]))  # fmt: skip
     m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
     assert m["status"] == "time_limit" and 0 < m["steps"] < 100000
     assert m["stop_reason"] == f"the job's time limit is near: stopped at step {m['steps']}"
     assert (tmp_path / "mesh.ply").is_file() and (tmp_path / "metrics.json").is_file()
+    # the step that stopped training was checkpointed
+    assert (tmp_path / "checkpoints" / f"step_{m['steps']:07d}.ckpt").is_file()
 
 
 def test_warning_signal_moves_the_deadline_to_now():
-    class T:
-        deadline = None
-
-    early, late = T(), T()
+    early, late = DeadlineCallback(), DeadlineCallback()
     before = signal.getsignal(signal.SIGUSR2)
     with deadline_on_signal() as attach:
         attach(late)
         os.kill(os.getpid(), signal.SIGUSR2)
         time.sleep(0.05)
-        assert late.deadline is not None and late.deadline <= time.time()
+        assert late.at <= time.time()
         attach(early)  # a signal caught before the trainer existed still applies
-        assert early.deadline == late.deadline
+        assert early.at == late.at
     assert signal.getsignal(signal.SIGUSR2) is before
 
 
@@ -222,7 +226,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_finishes(slurm, tmp_path
         "hydra.sweeper.n_trials=1",
         "logger=none",
         "trainer.max_steps=120",
-        "trainer.ckpt_every=10",
+        "callbacks.checkpoint.every=10",
         background=True,
     )
     try:

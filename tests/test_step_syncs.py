@@ -17,7 +17,7 @@ from neurecon.train.callbacks import SyncCountCallback
 
 def _count(tmp_path, *overrides: str, steps=frozenset({21, 22, 32})) -> dict[int, list]:
     # 32 refreshes the occupancy grid (update_every 16); 21 and 22 are ordinary steps.
-    cfg = compose_cfg([*TINY, "trainer.max_steps=34", "trainer.log_every=1000", *overrides])
+    cfg = compose_cfg([*TINY, "trainer.max_steps=34", "callbacks.log.every=1000", *overrides])
     run = build(cfg)
     cb = SyncCountCallback(steps)
     run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path, callbacks=[cb])

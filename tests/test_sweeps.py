@@ -15,7 +15,7 @@ optuna = pytest.importorskip("optuna")
 FAST = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
     "trainer.max_steps=15",
-    "trainer.log_every=5",
+    "callbacks.log.every=5",
 ]
 
 
@@ -121,8 +121,8 @@ def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(tmp_pat
         "logger=none",
         "optimizer.lr=choice(-1.0,0.001,0.002,0.003)",  # -1: an invalid config value
         # A test-side callback (tests/faults.py): NaN loss from iteration 1 on, or never.
-        "+trainer.callbacks.faults._target_=faults.FaultInjection",
-        "+trainer.callbacks.faults.nan_loss_from=choice(1,100000,200000)",
+        "+callbacks.faults._target_=faults.FaultInjection",
+        "+callbacks.faults.nan_loss_from=choice(1,100000,200000)",
         env={"PYTHONPATH": str(REPO / "tests")},
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -176,7 +176,7 @@ def test_pruner_stops_hopeless_trials_from_validation_psnr(tmp_path):
         "hydra.sweeper.seed=2",  # draws two good trials first: the median needs them
         "hydra/sweeper/pruner=median",
         "logger=none",
-        "trainer.val_every=5",
+        "callbacks.validate.every=5",
         "trainer.max_steps=20",
         "optimizer.lr=choice(0.005,1e-9)",  # 1e-9: learns nothing, a hopeless trial
     )

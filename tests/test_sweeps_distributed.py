@@ -122,7 +122,7 @@ def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
         "hydra/sweeper/pruner=median",
         "hydra.sweeper.storage='${oc.env:NEURECON_STORAGE}'",
         "hydra.sweeper.study_name=secret",
-        "trainer.val_every=5",
+        "callbacks.validate.every=5",
         "trainer.max_steps=10",
         "trainer.mesh_resolution=0",
         "logger=wandb",

@@ -17,7 +17,7 @@ def test_tiny_training_lowers_loss_and_reconstructs_offset_sphere(tmp_path):
             *TINY,
             "dataset.shape=sphere",
             "trainer.max_steps=300",
-            "trainer.log_every=25",
+            "callbacks.log.every=25",
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
             "loss.mask.weight=0.5",
@@ -57,7 +57,11 @@ def _train_cli(tmp_path, *overrides, timeout=600):
 
 def test_cli_run_writes_outputs_in_world_frame(tmp_path):
     res = _train_cli(
-        tmp_path, *TINY, "trainer.max_steps=40", "trainer.ckpt_every=20", "metrics.lpips_net=alex"
+        tmp_path,
+        *TINY,
+        "trainer.max_steps=40",
+        "callbacks.checkpoint.every=20",
+        "metrics.lpips_net=alex",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -108,7 +112,7 @@ def test_dtu_short_run_mesh_overlaps_scale_mat_sphere(dtu_scan65, tmp_path):
         "dataset.test_every=49",  # one test view: an untrained field renders slowly
         "trainer.max_steps=40",
         "metrics.lpips_net=null",
-        "trainer.val_every=0",
+        "callbacks.validate.every=0",
         "trainer.mesh_resolution=48",
         "trainer.progress=false",
         "trainer.device=cpu",

@@ -299,20 +299,21 @@ def test_urls_without_a_password_are_left_as_they_are():
         assert not has_password(spec) and redact(spec) == spec
 
 
-def test_a_password_in_trainer_pruning_storage_is_refused_like_the_sweepers():
+def test_a_password_in_callbacks_prune_storage_is_refused_like_the_sweepers():
     from neurecon.build import build
     from neurecon.errors import ConfigError
 
     url = "postgresql://user:hunter2@host/db"
-    cfg = compose_cfg([*TINY, f"trainer.pruning={{study: s, trial_id: 0, storage: '{url}'}}"])
-    with pytest.raises(ConfigError, match=r"trainer.pruning.storage=.*user:\*\*\*@host") as e:
+    node = f"{{_target_: neurecon.train.pruning.PruningCallback, study: s, storage: '{url}'}}"
+    cfg = compose_cfg([*TINY, f"+callbacks.prune={node}"])
+    with pytest.raises(ConfigError, match=r"callbacks.prune.storage=.*user:\*\*\*@host") as e:
         build(cfg)
     assert "hunter2" not in str(e.value) and "PGPASSWORD" in str(e.value)
 
 
 def test_redaction_without_sqlalchemy_installed(monkeypatch):
     """A run without the sweep extras (no SQLAlchemy, as on a bare GPU image) still refuses
-    and redacts a password in trainer.pruning.storage."""
+    and redacts a password in callbacks.prune.storage."""
     from neurecon.storage import has_password, redact
 
     monkeypatch.setitem(sys.modules, "sqlalchemy.engine", None)  # import fails

@@ -273,8 +273,9 @@ class NeureconOptunaSweeper(Sweeper):
             return ()
         # No storage URL here: it may hold credentials, and this override is saved with the
         # trial's config and logged to W&B. Trials read it from TRIAL_STORAGE_ENV.
-        spec = f"{{study:'{self.study_name}',trial_id:{trial._trial_id}}}"
-        return (f"trainer.pruning={spec}",)
+        spec = (f"{{_target_:neurecon.train.pruning.PruningCallback,"
+                f"study:'{self.study_name}',trial_id:{trial._trial_id}}}")  # fmt: skip
+        return (f"++callbacks.prune={spec}",)
 
     def _tell(self, study: Any, trial: Any, ret: Any) -> None:
         import optuna

@@ -24,14 +24,12 @@ from neurecon.io import write_json
 from neurecon.log import NoneLogger
 from neurecon.losses import LossTerm, default_terms, total_loss
 from neurecon.optim import OptimizerFactory
-from neurecon.train import callbacks as jobs
 from neurecon.train.batch import next_ray_count
-from neurecon.train.callbacks import Callback
+from neurecon.train.callbacks import Callback, FitContext, default_callbacks
 from neurecon.train.checkpoint import checkpoint_to_resume
 from neurecon.train.compile import compile_field
 from neurecon.train.guard import NaNGuard, TrainingDiverged, scale_lr
 from neurecon.train.lock import run_folder_lock
-from neurecon.train.pruning import make_reporter
 from neurecon.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -39,12 +37,12 @@ _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Trainer:
-    """Random-ray training with a NaN guard; checkpoints, logging, validation and pruning as
-    callbacks; the final evaluation by :func:`neurecon.eval.evaluate_run`. Every argument is a
-    ``trainer.*`` key, documented in ``conf/trainer/default.yaml``; ``metrics`` is the
-    ``metrics`` group, ``loss`` the ``loss`` group's terms (:mod:`neurecon.losses`),
-    ``pruning`` is set by the sweeper, ``deadline`` by a SLURM job (:mod:`neurecon.cluster`);
-    ``callbacks`` adds callbacks by name."""
+    """Random-ray training with a NaN guard; the final evaluation by
+    :func:`neurecon.eval.evaluate_run`. Every argument is a ``trainer.*`` key, documented in
+    ``conf/trainer/default.yaml``, except: ``metrics`` (the ``metrics`` group), ``loss`` (the
+    ``loss`` group's terms, :mod:`neurecon.losses`) and ``callbacks`` (the ``callbacks``
+    group's objects by name, :mod:`neurecon.train.callbacks`: logging, validation,
+    checkpoints, and what a sweep or a SLURM job adds; None: the default ones)."""
 
     def __init__(
         self,
@@ -52,12 +50,7 @@ class Trainer:
         batch_rays: int = 512,
         samples_per_step: int | None = None,
         max_batch_rays: int = 8192,
-        val_every: int = 1000,
-        val_views: int = 1,
         chunk: int = 2048,
-        ckpt_every: int = 1000,
-        keep_ckpts: int = 2,
-        log_every: int = 50,
         mesh_resolution: int = 128,
         chamfer_points: int = 100_000,
         chamfer_threshold: float = 0.01,
@@ -72,12 +65,10 @@ class Trainer:
         guard: Mapping[str, Any] | None = None,
         resume: str = "never",
         max_time: float | None = None,
-        deadline: float | None = None,
         overwrite: bool = False,
         compile: bool = False,
         video_frames: int = 0,
         metrics: Mapping[str, Any] | None = None,
-        pruning: Mapping[str, Any] | None = None,
         callbacks: Mapping[str, Callback] | None = None,
     ) -> None:
         for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays), ("chunk", chunk)):
@@ -98,8 +89,6 @@ class Trainer:
         self.max_steps, self.batch_rays = int(max_steps), int(batch_rays)
         self.samples_per_step = None if samples_per_step is None else int(samples_per_step)
         self.max_batch_rays = max(int(max_batch_rays), 1)
-        self.val_every, self.val_views, self.log_every = val_every, val_views, log_every
-        self.ckpt_every, self.keep_ckpts = ckpt_every, keep_ckpts
         # The objective's terms (the ``loss`` group, built by neurecon.build); a field or
         # renderer adds its own through ``loss_terms()`` at fit time.
         self.loss_terms: dict[str, LossTerm] = dict(default_terms() if loss is None else loss)
@@ -116,17 +105,18 @@ class Trainer:
         self.guard = NaNGuard(**dict(guard or {}))  # validates trainer.guard.* now
         self.resume, self.overwrite = resume, overwrite
         self.max_time = None if max_time is None else float(max_time)
-        # Wall-clock time (time.time()) at which training stops, e.g. before a SLURM job's
-        # limit (neurecon.cluster); unlike max_time it ignores earlier sessions.
-        self.deadline = None if deadline is None else float(deadline)
         self.eval_settings = EvalSettings(
             self.device, int(chunk), int(mesh_resolution or 0), chamfer_points,
             chamfer_threshold, seed, progress, metric_options(metrics), int(video_frames),
             use_mask,
         )  # fmt: skip
-        self.pruning = dict(pruning or {})
-        self.extra_callbacks = list((callbacks or {}).values())
-        self.callbacks: list[Callback] = []
+        named = default_callbacks() if callbacks is None else dict(callbacks)
+        for name, cb in named.items():
+            if not isinstance(cb, Callback):
+                raise ConfigError(f"callbacks.{name}: {type(cb).__name__} is not a Callback")
+        self.named_callbacks: dict[str, Callback] = named
+        self.callbacks: list[Callback] = []  # this fit's: the named ones, then fit()'s
+        self.ctx: FitContext | None = None  # this fit's, for the callbacks
         self.history: list[dict[str, float]] = []  # rows logged every ``log_every`` steps
         self.logger: Any = NoneLogger()
         self.stop_reason: str | None = None  # set when training ends before max_steps
@@ -139,21 +129,12 @@ class Trainer:
         """The autocast dtype of training steps (None: fp32)."""
         return _PRECISIONS[self.precision]
 
-    def out_of_time(self, state: TrainState) -> bool:
-        """True once ``max_time`` is spent or ``deadline`` has passed; decided once per step (the
-        checkpoint callback asks first, so the step that stops training is the step that is
-        saved)."""
-        if self._time_step != state.step:
-            self._time_step = state.step
-            reason = None
-            if self.max_time is not None and state.elapsed >= self.max_time:
-                reason = f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
-            elif self.deadline is not None and time.time() >= self.deadline:
-                reason = f"the job's time limit is near: stopped at step {state.step}"
-            if reason and self.stop_reason is None and state.step < self.max_steps:
-                self.stop_reason = reason
-                log.warning("%s of %d: stopping training", self.stop_reason, self.max_steps)
-        return self.stop_reason is not None
+    def _time_up(self, state: TrainState) -> str | None:
+        """Why training ends now for time (``max_time`` spent, or a callback's deadline), or
+        None; asked once per step, before the step's ``on_step_end`` callbacks."""
+        if self.max_time is not None and state.elapsed >= self.max_time:
+            return f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
+        return next((r for r in (cb.should_stop(self.ctx) for cb in self.callbacks) if r), None)
 
     def fit(
         self,
@@ -193,16 +174,12 @@ class Trainer:
         if resume_from is not None:
             state.restore(resume_from, self.device)
             log.info("resumed from %s at step %d", resume_from, state.step)
-        reporter = make_reporter(self.pruning)
-        self.callbacks = [
-            jobs.LogCallback(self.log_every),
-            jobs.ValidationCallback(self.val_every, self.val_views),
-            *[jobs.PruningCallback(reporter, self.pruning.get("metric", "val/psnr"))]
-            * bool(reporter),
-            jobs.CheckpointCallback(self.ckpt_every, self.keep_ckpts),
-            *self.extra_callbacks,
-            *callbacks,
-        ]
+        self.callbacks = [*self.named_callbacks.values(), *callbacks]
+        self.history = []
+        self.ctx = FitContext(
+            state, scene, self.eval_settings, self.logger, out, self.max_steps, self.guard,
+            self.history, callbacks=self.callbacks,
+        )  # fmt: skip
         self.scene = scene
         try:
             self._train_loop(state, out)
@@ -246,11 +223,13 @@ class Trainer:
         amp_dtype = self.amp_dtype
         state.t0, samples_total = time.time(), 0
         self.step, self.stop_reason = state.step, None
-        for cb in self.callbacks:
-            cb.on_fit_start(self, state, out)
         self.bar = tqdm(
             total=self.max_steps, initial=state.step, disable=not self.progress, desc="train"
         )
+        ctx = self.ctx
+        ctx.bar = self.bar
+        for cb in self.callbacks:
+            cb.on_fit_start(ctx)
         scheduled = [m for m in field.modules() if callable(getattr(m, "update_step", None))]
         objective = dict(self.loss_terms)
         for module in (field, renderer):  # terms a field or renderer contributes
@@ -271,7 +250,7 @@ class Trainer:
                 objective, r, batch.rgb, batch.mask if use_mask else None, state.step
             )
             for cb in self.callbacks:
-                loss = cb.on_loss(self, state, loss)
+                loss = cb.on_loss(ctx, loss)
             cause = self._optimize(state, loss)
             sched.step()
             if cause is not None and self._roll_back(state, cause):
@@ -291,8 +270,12 @@ class Trainer:
             stats = {"samples": r.num_samples, "rays": len(batch), "loss": loss, "terms": terms,
                      "render": r, "batch": batch, "samples_total": samples_total,
                      "mask": batch.mask if use_mask else None}  # fmt: skip
-            stop = [cb.on_step_end(self, state, stats) for cb in self.callbacks]
-            ending = self.out_of_time(state) or any(stop) or state.step >= self.max_steps
+            if ctx.stop_reason is None and state.step < self.max_steps:
+                ctx.stop_reason = self.stop_reason = self._time_up(state)
+                if self.stop_reason:
+                    log.warning("%s of %d: stopping training", self.stop_reason, self.max_steps)
+            stop = [cb.on_step_end(ctx, stats) for cb in self.callbacks]
+            ending = ctx.last_step or any(stop)
             # Training ends with a checked state: the last update is verified here (a roll
             # back goes on training when steps and time are left).
             if ending and (self._verify_last_update(state) or self.stop_reason or any(stop)):
@@ -314,7 +297,7 @@ class Trainer:
             params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
             (loss if scaler is None else scaler.scale(loss)).backward(inputs=params)
             for cb in self.callbacks:
-                cb.on_after_backward(self, state)
+                cb.on_after_backward(self.ctx)
             if scaler is not None:
                 scaler.unscale_(opt)  # records the scaler's inf check on the device, no sync
         loss_bad, grad_bad, param_bad = self.guard.step_flags(loss, field)
@@ -340,7 +323,7 @@ class Trainer:
         opt.step()  # fp16 too: the gradients are unscaled and finite (GradScaler.step would
         if scaler is not None:  # only read its inf check back to learn what we know)
             scaler.update()
-        broken = [cb.on_after_optimizer_step(self, state) for cb in self.callbacks]
+        broken = [cb.on_after_optimizer_step(self.ctx) for cb in self.callbacks]
         return "param" if any(broken) else None
 
     def _verify_last_update(self, state: TrainState) -> bool:
