@@ -42,7 +42,10 @@ def recompute(run_dir: Path, dtu_protocol: str | None = None) -> None:
     # The saved config is untrusted: only allow-listed targets are built (neurecon.runs).
     run, settings, step, ckpt = load_trained_run(run_dir)
     if dtu_protocol is not None:
-        settings.metrics["dtu_protocol"] = dtu_protocol
+        dtu = settings.dtu()
+        if dtu is None:
+            raise NeuReconError(f"{run_dir}: --dtu-protocol, but the run has no eval.metrics.dtu")
+        dtu.protocol = dtu_protocol
     old = run_dir / "metrics.json"
     base = json.loads(old.read_text()) if old.is_file() else {"scene": run.scene.name}
     base.update({"status": base.get("status", "completed"), "steps": step})
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dtu-protocol", choices=sorted(PROTOCOLS), default=None,
         help="with --recompute: whose mesh culling the DTU figures follow (default: the run's "
-        "metrics.dtu_protocol); " + "; ".join(p.describe() for p in PROTOCOLS.values()),
+        "eval.metrics.dtu.protocol); " + "; ".join(p.describe() for p in PROTOCOLS.values()),
     )  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -19,6 +19,7 @@ from torch import nn
 from neurecon.cluster import SlurmJob, deadline_on_signal
 from neurecon.data.scene import Scene
 from neurecon.errors import ConfigError, NeuReconError
+from neurecon.eval.settings import EvalSettings
 from neurecon.optim import OptimizerFactory
 from neurecon.storage import refuse_saved_password
 from neurecon.train import Trainer
@@ -35,7 +36,7 @@ class Run:
     trainer: Trainer | None  # None when built for evaluation only
 
 
-def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
+def instantiate_node(node: Any, where: str, **kwargs: Any) -> Any:
     """``instantiate`` that surfaces our own input errors instead of Hydra's wrapper."""
     try:
         return instantiate(node, **kwargs)
@@ -53,7 +54,7 @@ def loss_terms(cfg: DictConfig) -> dict[str, Any] | None:
     node = cfg.get("loss")
     if node is None:
         return None
-    return {str(k): _instantiate(v, f"loss.{k}") for k, v in node.items() if v is not None}
+    return {str(k): instantiate_node(v, f"loss.{k}") for k, v in node.items() if v is not None}
 
 
 def callbacks(cfg: DictConfig) -> dict[str, Any] | None:
@@ -62,7 +63,13 @@ def callbacks(cfg: DictConfig) -> dict[str, Any] | None:
     node = cfg.get("callbacks")
     if node is None:
         return None
-    return {str(k): _instantiate(v, f"callbacks.{k}") for k, v in node.items() if v is not None}
+    return {str(k): instantiate_node(v, f"callbacks.{k}") for k, v in node.items() if v is not None}
+
+
+def evaluation(cfg: DictConfig) -> EvalSettings:
+    """The ``eval`` node's settings (metric objects built); device, seed and masks are the
+    trainer's to set."""
+    return EvalSettings.from_node(cfg.get("eval"))
 
 
 def build(
@@ -78,8 +85,8 @@ def build(
         refuse_saved_password(prune.get("storage"), "callbacks.prune.storage")
     # Network init draws from the global RNG: seed first so a run is reproducible.
     torch.manual_seed(int(cfg.trainer.get("seed", 0)))
-    encoder = _instantiate(cfg.encoder, "encoder")
-    scene = _instantiate(cfg.dataset, "dataset")
+    encoder = instantiate_node(cfg.encoder, "encoder")
+    scene = instantiate_node(cfg.dataset, "dataset")
     # field.background_model=auto: model what lies outside the unit sphere (NeRF++) exactly when
     # there are no masks to tell the object from its surroundings.
     extra: dict[str, Any] = {}
@@ -88,29 +95,28 @@ def build(
         mode = cfg.field.get("background_model", "auto")
         wanted = mode == "nerfpp" or (mode == "auto" and unmasked)
         extra["background_net"] = (
-            _instantiate(cfg.field.background_net, "field.background_net") if wanted else None
+            instantiate_node(cfg.field.background_net, "field.background_net") if wanted else None
         )
         if wanted:
             log.info(
                 "background: NeRF++ field outside the unit sphere (field.background_model=%s)", mode
             )
-    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    optimizer = instantiate_node(cfg.optimizer, "optimizer")
     if hasattr(optimizer, "resolve"):  # optimizer.lr_variance=auto: by whether masks are used
         optimizer.resolve(masked=not unmasked)
     return Run(
         scene=scene,
-        field=_instantiate(cfg.field, "field", encoder=encoder, **extra),
-        renderer=_instantiate(cfg.renderer, "renderer"),
+        field=instantiate_node(cfg.field, "field", encoder=encoder, **extra),
+        renderer=instantiate_node(cfg.renderer, "renderer"),
         optimizer=optimizer,
         # The loss terms and callbacks are objects (dataclasses): given to the partial, not
         # merged into the node (Hydra would turn them back into configs).
-        trainer=_instantiate(
+        trainer=instantiate_node(
             cfg.trainer,
             "trainer",
             _partial_=True,
-            metrics=cfg.get("metrics"),
             **(trainer_overrides or {}),
-        )(loss=loss_terms(cfg), callbacks=callbacks(cfg))
+        )(loss=loss_terms(cfg), callbacks=callbacks(cfg), evaluation=evaluation(cfg))
         if with_trainer
         else None,
     )
@@ -143,7 +149,7 @@ def make_logger(cfg: DictConfig, out_dir: str | Path):
     except ValueError:  # HydraConfig not set: called from Python, not through train.py
         pass
     # Not recursive: run_config holds the run's _target_ nodes as plain data.
-    return _instantiate(cfg.logger, "logger", _recursive_=False, **kwargs)
+    return instantiate_node(cfg.logger, "logger", _recursive_=False, **kwargs)
 
 
 def _fit(

@@ -188,8 +188,52 @@ def _drop_side_jobs(cfg: DictConfig) -> None:
                 trainer.pop(key, None)
 
 
+# Releases before the eval node kept its keys in ``trainer`` and a ``metrics`` group:
+# (old node, old key) → (eval metric node or None for eval itself, new key).
+LEGACY_EVAL_KEYS: dict[tuple[str, str], tuple[str | None, str]] = {
+    ("trainer", "chunk"): (None, "chunk"),
+    ("trainer", "mesh_resolution"): (None, "mesh_resolution"),
+    ("trainer", "video_frames"): (None, "video_frames"),
+    ("trainer", "chamfer_points"): ("chamfer", "points"),
+    ("trainer", "chamfer_threshold"): ("chamfer", "threshold"),
+    ("metrics", "lpips_net"): ("lpips", "net"),
+    ("metrics", "dtu_gt_root"): ("dtu", "gt_root"),
+    ("metrics", "dtu_scan"): ("dtu", "scan"),
+    ("metrics", "dtu_protocol"): ("dtu", "protocol"),
+    ("metrics", "dtu_mask_dilate"): ("dtu", "mask_dilate"),
+}
+
+
+def _migrate_eval(cfg: DictConfig) -> None:
+    """A run folder saved before the ``eval`` node: its ``trainer.{chunk,mesh_resolution,...}``
+    and ``metrics.*`` keys become ``eval`` and its built-in metric nodes, values moved as
+    written (keys it did not spell out take today's defaults)."""
+    if "eval" in cfg or "trainer" not in cfg:
+        return
+    from neurecon.schema import METRICS
+
+    metrics = {
+        name: {"_target_": f"{c.__module__}.{c.__qualname__}"} for name, c in METRICS.items()
+    }
+    node: dict[str, Any] = {"metrics": metrics}
+    with open_dict(cfg):
+        for (group, key), (metric, new) in LEGACY_EVAL_KEYS.items():
+            old = cfg._get_node(group) if group in cfg else None
+            if not isinstance(old, DictConfig) or key not in old:
+                continue
+            value = old._get_node(key)._value()
+            (node if metric is None else metrics[metric])[new] = value
+            with open_dict(old):
+                del old[key]
+        legacy = cfg._get_node("metrics") if "metrics" in cfg else None
+        if isinstance(legacy, DictConfig) and len(legacy) == 0:
+            del cfg["metrics"]
+        cfg["eval"] = node
+
+
 def _rename_legacy(cfg: DictConfig) -> None:
     _migrate_loss(cfg)
+    _migrate_eval(cfg)
     _drop_side_jobs(cfg)
     for old, new in RENAMED_KEYS.items():
         group, key = old.split(".")

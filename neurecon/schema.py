@@ -2,8 +2,8 @@
 
 ``conf/trainer/default.yaml`` starts from ``trainer/guard: typed``, ``conf/loss/default.yaml``
 from ``color: typed`` (and each built-in term), ``conf/callbacks/default.yaml`` from
-``log: typed`` (and each built-in callback), and ``conf/config.yaml`` from
-``metrics: typed``, so an unknown key or a wrong type fails at compose time with Hydra's own
+``log: typed`` (and each built-in callback), and ``conf/eval/default.yaml`` from ``typed``
+(and each built-in metric), so an unknown key or a wrong type fails at compose time with Hydra's own
 message (``Key 'weightt' not in 'EikonalLoss'``). The dataclasses live beside the code that
 uses them; this module only registers them (a loss term's node is made from its class: its
 fields, their defaults, and its ``_target_``).
@@ -16,14 +16,18 @@ import typing
 
 from hydra.core.config_store import ConfigStore
 
-from neurecon.eval.settings import MetricOptions
+from neurecon.eval.settings import EvalConfig
 from neurecon.losses import ColorLoss, EikonalLoss, MaskLoss
+from neurecon.metrics.nodes import LPIPS, PSNR, SSIM, Chamfer, DTUChamfer, ObjectPSNR, PhotoPSNR
 from neurecon.train.callbacks import CheckpointCallback, LogCallback, ValidationCallback
 from neurecon.train.guard import GuardSettings
 
 TYPED = "typed"  # the option name the YAML defaults lists use
 # The built-in loss terms: conf/loss/default.yaml's node names.
 LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss}
+# The built-in metrics: conf/eval/default.yaml's node names under metrics.
+METRICS = {"psnr": PSNR, "psnr_masked": ObjectPSNR, "psnr_photo": PhotoPSNR, "ssim": SSIM,
+           "lpips": LPIPS, "chamfer": Chamfer, "dtu": DTUChamfer}  # fmt: skip
 # The built-in callbacks: conf/callbacks/default.yaml's node names.
 CALLBACKS = {"log": LogCallback, "validate": ValidationCallback, "checkpoint": CheckpointCallback}
 
@@ -42,7 +46,10 @@ def register() -> None:
     """Store the schemas in Hydra's config store (idempotent: a re-store replaces)."""
     cs = ConfigStore.instance()
     cs.store(group="trainer/guard", name=TYPED, node=GuardSettings, provider="neurecon")
-    cs.store(group="metrics", name=TYPED, node=MetricOptions, provider="neurecon")
+    cs.store(group="eval", name=TYPED, node=EvalConfig, provider="neurecon")
+    for name, cls in METRICS.items():
+        cs.store(group=f"eval/metrics/{name}", name=TYPED, node=target_node(cls),
+                 provider="neurecon")  # fmt: skip
     for name, cls in LOSS_TERMS.items():
         cs.store(group=f"loss/{name}", name=TYPED, node=target_node(cls), provider="neurecon")
     for name, cls in CALLBACKS.items():

@@ -29,14 +29,14 @@ TINY = [
     "trainer.samples_per_step=8192",
     "callbacks.validate.every=0",
     "callbacks.checkpoint.every=0",
-    "trainer.mesh_resolution=48",
-    "trainer.chamfer_points=20000",
+    "eval.mesh_resolution=48",
+    "eval.metrics.chamfer.points=20000",
     "trainer.progress=false",
     "trainer.device=cpu",
     "logger=none",
     # LPIPS loads JAX and its weights in every process (~1.5 s): tested in test_lpips.py and
     # at the end of one CLI run (test_train.py), not in every tiny run.
-    "metrics.lpips_net=null",
+    "eval.metrics.lpips.net=null",
 ]
 
 

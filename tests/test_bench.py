@@ -18,7 +18,7 @@ def test_gpu_suite_runs_end_to_end_on_a_cpu(tmp_path):
          "--allow-cpu", "--skip-cuda-tests", "--budget", "3", "--check-every", "5",
          "--out", str(out), "dataset.test_every=4", "renderer.grid.resolution=16",
          "renderer.grid.n_steps=64", "encoder.log2_table_size=12", "encoder.max_resolution=128",
-         "trainer.mesh_resolution=32"],
+         "eval.mesh_resolution=32"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -24,7 +24,7 @@ class StepCounter(Callback):
 
 
 def test_built_in_callbacks_are_removed_configured_and_new_ones_added(tmp_path):
-    cfg = compose_cfg([*TINY, "trainer.max_steps=12", "trainer.mesh_resolution=0",
+    cfg = compose_cfg([*TINY, "trainer.max_steps=12", "eval.mesh_resolution=0",
                        "~callbacks.checkpoint", "callbacks.log.every=5",
                        "+callbacks.count._target_=test_callbacks.StepCounter",
                        "+callbacks.count.stop_at=10"])  # fmt: skip

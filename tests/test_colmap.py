@@ -99,6 +99,6 @@ def test_two_cameras_of_different_sizes_load_and_train(tmp_path):
     assert np.allclose(s.K[1].numpy(), [[45, 0, 19.5], [0, 45, 27.5], [0, 0, 1]])
     m = fit_on_files(
         tmp_path / "run", "dataset=colmap", f"dataset.root={tmp_path / 'scene'}",
-        "dataset.test_every=3", "trainer.max_steps=100", "trainer.mesh_resolution=0",
+        "dataset.test_every=3", "trainer.max_steps=100", "eval.mesh_resolution=0",
     )  # fmt: skip
     assert m["status"] == "completed" and np.isfinite(m["test/psnr"]) and m["steps"] == 100

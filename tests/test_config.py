@@ -51,7 +51,9 @@ def test_unknown_option_and_key_fail_with_hydra_messages():
     [
         ("loss:\n  eikonal:\n    weightt: 0.2", "weightt", "EikonalLoss"),
         ("trainer:\n  guard:\n    max_bad_step: 2", "max_bad_step", "GuardSettings"),
-        ("metrics:\n  lpips: vgg", "lpips", "MetricOptions"),
+        ("eval:\n  mesh_resolutoin: 64", "mesh_resolutoin", "EvalConfig"),
+        ("eval:\n  metrics:\n    lpips:\n      nett: vgg", "nett", "LPIPS"),
+        ("callbacks:\n  validate:\n    evry: 5", "evry", "ValidationCallback"),
     ],
 )
 def test_typed_nodes_reject_a_misspelt_key_in_a_preset(tmp_path, node, typo, schema):
@@ -71,7 +73,7 @@ def test_typed_nodes_check_types_and_keep_their_defaults():
         compose_cfg(["trainer.guard.enabled=maybe"])
     cfg = compose_cfg(["loss.eikonal.weight=0.3"])
     assert cfg.loss.eikonal.weight == 0.3 and cfg.loss.color.kind == "l1"
-    assert cfg.trainer.guard.max_bad_steps == 5 and cfg.metrics.lpips_net == "alex"
+    assert cfg.trainer.guard.max_bad_steps == 5 and cfg.eval.metrics.lpips.net == "alex"
 
 
 def test_cli_prints_composed_config():
@@ -107,8 +109,8 @@ def test_every_preset_composes_and_trains_a_few_steps(preset, tmp_path):
     tiny = [o for o in TINY if not o.startswith(("trainer.batch_rays", "trainer.samples_per"))]
     overrides = [
         *(f"experiment={preset}", "dataset.shape=sphere", *tiny, "dataset.resolution=16"),
-        *("trainer.max_steps=2", "trainer.batch_rays=32", "trainer.mesh_resolution=16"),
-        "metrics.lpips_net=null",
+        *("trainer.max_steps=2", "trainer.batch_rays=32", "eval.mesh_resolution=16"),
+        "eval.metrics.lpips.net=null",
     ]
     base = compose_cfg(overrides)
     if base.trainer.samples_per_step is not None:

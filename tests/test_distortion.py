@@ -128,7 +128,7 @@ def test_400_steps_on_the_distorted_capture_finish_with_a_finite_psnr(distorted_
     root, _ = distorted_capture
     m = fit_on_files(
         tmp_path, "dataset=ngp", f"dataset.root={root}", "dataset.test_every=4",
-        "trainer.max_steps=400", "trainer.mesh_resolution=32",
+        "trainer.max_steps=400", "eval.mesh_resolution=32",
     )  # fmt: skip
     print("400 steps on the distorted capture:", m["status"], "test PSNR", m["test/psnr"])
     assert m["status"] == "completed" and math.isfinite(m["test/psnr"]) and m["test/psnr"] > 15

@@ -168,7 +168,7 @@ def test_the_paper_table_of_dtu_scans_with_the_protocol_under_it(tmp_path, capsy
     assert evaluate.main([str(tmp_path / "sweep"), "--by-scene", "dtu/overall"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     header = [c.strip() for c in out[0].strip("|").split("|")]
-    assert header == ["Chamfer (mm)↓", *map(str, scans), "mean"]
+    assert header == ["DTU Chamfer (mm)↓", *map(str, scans), "mean"]
     assert len([line for line in out if line.startswith("|")]) == 3  # header, rule, one row
     row = [c.strip() for c in out[2].strip("|").split("|")]
     assert row[1 + scans.index(83)] == "–"

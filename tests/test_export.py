@@ -92,7 +92,7 @@ def test_faces_no_training_camera_sees_are_culled():
 def trained(tmp_path_factory):
     """A run folder of the built-in scene, trained enough to have colours and a surface."""
     root = tmp_path_factory.mktemp("trained")
-    r = trained_run_folder(root, [*TINY, "trainer.max_steps=300", "trainer.mesh_resolution=32"])
+    r = trained_run_folder(root, [*TINY, "trainer.max_steps=300", "eval.mesh_resolution=32"])
     return root, r.scene
 
 
@@ -174,7 +174,7 @@ def test_export_from_a_run_with_another_encoder(tmp_path):
             "encoder.log2_table_size=12",
             "encoder.max_resolution=64",
             "trainer.max_steps=3",
-            "trainer.mesh_resolution=0",
+            "eval.mesh_resolution=0",
         ],
     )
     args = [str(tmp_path), "--resolution", "48", "--format", "glb", "--cull-masks"]

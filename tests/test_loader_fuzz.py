@@ -29,7 +29,7 @@ from test_colmap import write_colmap
 from test_data import write_neus_scene
 from test_formats import write_llff, write_ngp
 
-from neurecon.build import _instantiate
+from neurecon.build import instantiate_node
 from neurecon.errors import NeuReconError
 
 pytest.importorskip("hypothesis")  # not on every machine the GPU suite runs on
@@ -188,7 +188,7 @@ def _fuzz_format(name: str, templates, n: int) -> dict[str, int]:
         else:
             target.write_bytes(data.draw(corrupt_bytes(original)))
         try:
-            loaded = _instantiate(node, "dataset", root=str(scene))  # as build() does
+            loaded = instantiate_node(node, "dataset", root=str(scene))  # as build() does
         except NeuReconError as e:
             counts["refused"] += 1
             msg = str(e)

@@ -46,7 +46,7 @@ def test_wandb_offline_run_has_history_summary_and_no_key(tmp_path):
         *RUN,
         "logger=wandb",
         "logger.mode=auto",
-        "trainer.video_frames=3",
+        "eval.video_frames=3",
         env={"WANDB_API_KEY": None, "WANDB_MODE": None},
     )
     assert res.returncode == 0, res.stderr[-2000:]

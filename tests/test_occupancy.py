@@ -250,9 +250,9 @@ def test_cpu_runs_never_import_cuda_only_packages(tmp_path):
         sys.path.insert(0, {str(REPO / "tests")!r})
         from conftest import TINY, compose_cfg
         from neurecon.build import build
-        cfg = compose_cfg([*TINY, "trainer.max_steps=3", "trainer.mesh_resolution=0",
+        cfg = compose_cfg([*TINY, "trainer.max_steps=3", "eval.mesh_resolution=0",
                            "renderer.grid.backend=nerfacc", "encoder=hashgrid",
-                           "encoder.backend=tcnn", "metrics.lpips_net=null"])
+                           "encoder.backend=tcnn", "eval.metrics.lpips.net=null"])
         run = build(cfg)
         run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, {str(tmp_path)!r})
         bad = [m for m in ("nerfacc", "tinycudann") if m in sys.modules]

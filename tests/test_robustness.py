@@ -227,7 +227,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 
 def test_validation_halves_chunk_on_oom(tmp_path, caplog):
-    run = build(compose_cfg([*FAST, "trainer.chunk=1024"]))
+    run = build(compose_cfg([*FAST, "eval.chunk=1024"]))
     real = run.renderer.forward
 
     def small_memory(field, o, d, bg):
@@ -266,7 +266,7 @@ def test_finished_run_is_never_overwritten(tmp_path):
         ("dataset.resolution=0", "need resolution >= 8"),
         ("dataset.shape=teapot", "dataset.shape='teapot' is unknown"),
         ("trainer.batch_rays=0", "trainer.batch_rays must be >= 1"),
-        ("trainer.mesh_resolution=4", "trainer.mesh_resolution must be 0 or >= 8"),
+        ("eval.mesh_resolution=4", "eval.mesh_resolution must be 0 or >= 8"),
         ("trainer.precision=fp8", "trainer.precision='fp8'"),
         ("trainer.guard.lr_factor=2", "trainer.guard.lr_factor must be in"),
         ("trainer.resume=/no/such.ckpt", "checkpoint /no/such.ckpt does not exist"),
@@ -311,7 +311,7 @@ def test_fp16_scaler_state_is_checkpointed_and_fp32_builds_no_scaler(tmp_path):
 
 def test_max_time_stops_training_and_still_evaluates(tmp_path):
     _, m = _fit(
-        tmp_path, "trainer.max_steps=100000", "trainer.max_time=4", "trainer.mesh_resolution=32"
+        tmp_path, "trainer.max_steps=100000", "trainer.max_time=4", "eval.mesh_resolution=32"
     )
     assert m["status"] == "time_limit" and 0 < m["steps"] < 100000
     assert m["stop_reason"] == f"trainer.max_time=4s reached at step {m['steps']}"

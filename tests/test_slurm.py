@@ -64,7 +64,7 @@ def test_trainer_stops_at_its_deadline_and_still_evaluates(tmp_path):
 
     at = time.time() + 2.0
     deadline = f"+callbacks.deadline={{_target_:neurecon.train.callbacks.DeadlineCallback,at:{at}}}"
-    r = build(compose_cfg([*TINY, "trainer.max_steps=100000", "trainer.mesh_resolution=32",
+    r = build(compose_cfg([*TINY, "trainer.max_steps=100000", "eval.mesh_resolution=32",
                            deadline]))  # fmt: skip
     m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
     assert m["status"] == "time_limit" and 0 < m["steps"] < 100000

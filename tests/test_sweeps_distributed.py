@@ -124,7 +124,7 @@ def test_storage_password_reaches_no_file_and_no_output(tmp_path, postgres):
         "hydra.sweeper.study_name=secret",
         "callbacks.validate.every=5",
         "trainer.max_steps=10",
-        "trainer.mesh_resolution=0",
+        "eval.mesh_resolution=0",
         "logger=wandb",
         "logger.mode=offline",
         env={"NEURECON_STORAGE": postgres.full_url},
@@ -169,7 +169,7 @@ def test_parallel_workers_lose_and_repeat_nothing(tmp_path):
         "logger=none",
         "hydra.sweeper.study_name=par",
         "trainer.max_steps=5",  # the point is the study, not the training
-        "trainer.mesh_resolution=0",
+        "eval.mesh_resolution=0",
         "trainer.objective=test/psnr",
     ]
     with ThreadPoolExecutor(2) as pool:

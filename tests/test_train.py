@@ -21,7 +21,7 @@ def test_tiny_training_lowers_loss_and_reconstructs_offset_sphere(tmp_path):
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
             "loss.mask.weight=0.5",
-            "trainer.mesh_resolution=64",
+            "eval.mesh_resolution=64",
         ]
     )
     run = build(cfg)
@@ -61,7 +61,7 @@ def test_cli_run_writes_outputs_in_world_frame(tmp_path):
         *TINY,
         "trainer.max_steps=40",
         "callbacks.checkpoint.every=20",
-        "metrics.lpips_net=alex",
+        "eval.metrics.lpips.net=alex",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -111,9 +111,9 @@ def test_dtu_short_run_mesh_overlaps_scale_mat_sphere(dtu_scan65, tmp_path):
         "dataset.downscale=8",
         "dataset.test_every=49",  # one test view: an untrained field renders slowly
         "trainer.max_steps=40",
-        "metrics.lpips_net=null",
+        "eval.metrics.lpips.net=null",
         "callbacks.validate.every=0",
-        "trainer.mesh_resolution=48",
+        "eval.mesh_resolution=48",
         "trainer.progress=false",
         "trainer.device=cpu",
     )
@@ -145,7 +145,7 @@ def _fit_sphere(tmp_path, *overrides):
             "optimizer.lr=5e-3",
             "optimizer.lr_variance=2e-2",
             "loss.mask.weight=0.5",
-            "trainer.mesh_resolution=64",
+            "eval.mesh_resolution=64",
             *overrides,
         ]
     )

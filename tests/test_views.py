@@ -43,12 +43,12 @@ def masked_scene_on_a_table():
 
 
 def _score(scene, use_mask, folder):
-    settings = EvalSettings(torch.device("cpu"), chunk=512, progress=False, use_mask=use_mask)
-    settings.metrics["lpips_net"] = None
+    settings = EvalSettings(chunk=512, progress=False, use_mask=use_mask)
+    del settings.metrics["lpips"]
     views = scene.test_ids.tolist()
     res, _, _ = score_views(
         scene, nn.Identity(), PerfectRenderer(scene), views, settings, folder, "test",
-        [f"{v}.png" for v in views], with_lpips=False,
+        [f"{v}.png" for v in views], validation=True,
     )  # fmt: skip
     return res
 
@@ -75,6 +75,7 @@ def test_the_run_summary_says_where_the_mesh_and_its_picture_are(tmp_path):
     assert text.splitlines()[0] == (
         "run completed: 1200 steps in 2 min 31 s (training 2 min 10 s, evaluation 21 s)"
     )
-    assert "test PSNR 35.46 dB (object only 33.30 dB)" in text and "0.61 % of the object" in text
+    assert "test PSNR 35.46 dB, PSNR object 33.30 dB, SSIM 0.980" in text
+    assert "Chamfer 0.0097 (0.61 % of the object radius), F-score 0.930" in text
     assert f"{tmp_path / 'mesh.ply'}  (34,512 vertices)" in text
     assert str(tmp_path / "mesh.png") in text and str(tmp_path / "metrics.json") in text

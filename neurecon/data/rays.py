@@ -75,6 +75,15 @@ class PixelStore:
     train_pixels: int
     redraws: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # rays built here
+    # Mixed sizes: (T,) pixels per training view and their running sum, made once (not each
+    # step) for the flat draw of :func:`draw_pixels`.
+    train_counts: Tensor | None = None
+    train_ends: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.uniform_hw is None and self.train_ends is None:
+            self.train_counts = self.sizes[self.train_ids, 0] * self.sizes[self.train_ids, 1]
+            self.train_ends = self.train_counts.cumsum(0)
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors().values())
@@ -135,8 +144,7 @@ def draw_pixels(
         u = torch.randint(0, W, (n,), generator=generator, device=dev)
         return view, v, u
     # Mixed sizes: a flat index over all training pixels (larger views weigh more).
-    counts = store.sizes[store.train_ids, 0] * store.sizes[store.train_ids, 1]
-    ends = counts.cumsum(0)
+    counts, ends = store.train_counts, store.train_ends
     r = torch.randint(0, store.train_pixels, (n,), generator=generator, device=dev)
     i = torch.searchsorted(ends, r, right=True)
     view = store.train_ids[i]
@@ -199,7 +207,8 @@ def place_store(store: PixelStore, device: torch.device, placement: str = "auto"
         placement = "device" if size <= DEVICE_SHARE * free else "host"
         log.info(
             "dataset.device=auto: %.0f MB of pixels %s (%.0f MB free on %s)",
-            size / 2**20, "on the device" if placement == "device" else "in pinned host memory",
+            size / 2**20,
+            "on the device" if placement == "device" else "in host memory (batches pinned)",
             free / 2**20, device,
         )  # fmt: skip
     return store.to(device, images_on_host=placement == "host")

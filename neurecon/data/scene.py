@@ -169,13 +169,21 @@ class Scene:
     def store(self) -> rays.PixelStore:
         """The pixel store on the host (the scene's own tensors, no copy), for
         :mod:`neurecon.data.rays`."""
-        train = self.train_ids
-        total = int((self.sizes[train, 0] * self.sizes[train, 1]).sum())
+        total, hw = self._train_pixels, self._uniform_hw
         valid_share = 1.0 if self.valid is None else self._valid_train_pixels / total
         return rays.PixelStore(
             self.pixels, self.masks, self.valid, self.sizes, self.offsets, self.K, self.c2w,
-            train, self.size(0) if self.uniform else None, total, rays.redraw_rounds(valid_share),
+            self.train_ids, hw, total, rays.redraw_rounds(valid_share),
         )  # fmt: skip
+
+    @cached_property
+    def _train_pixels(self) -> int:
+        """The number of training pixels (views and sizes are fixed at load)."""
+        return int((self.sizes[self.train_ids, 0] * self.sizes[self.train_ids, 1]).sum())
+
+    @cached_property
+    def _uniform_hw(self) -> tuple[int, int] | None:
+        return self.size(0) if self.uniform else None
 
     @cached_property
     def _valid_train_pixels(self) -> int:

@@ -2,13 +2,14 @@
 views, extract and score the mesh, write ``metrics.json``. The trainer, ``evaluate.py``,
 ``neurecon.bench`` and export paths all call these; none of them needs a Trainer."""
 
-from neurecon.eval.mesh import dtu_metrics, mesh_metrics
-from neurecon.eval.run import EvalSettings, evaluate_run
+from neurecon.eval.mesh import mesh_metrics
+from neurecon.eval.run import evaluate_run
+from neurecon.eval.settings import EvalConfig, EvalSettings
 from neurecon.eval.views import render_view, score_views
 
 __all__ = [
+    "EvalConfig",
     "EvalSettings",
-    "dtu_metrics",
     "evaluate_run",
     "mesh_metrics",
     "render_view",

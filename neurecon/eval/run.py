@@ -62,7 +62,7 @@ def evaluate_run(
     views = scene.test_ids.tolist()
     res, per_view, _ = score_views(
         scene, field, renderer, views, settings, out / "test", "test",
-        [f"view_{v:03d}.png" for v in views], with_lpips=True,
+        [f"view_{v:03d}.png" for v in views],
     )  # fmt: skip
     metrics.update(res)
     metrics["test/per_view"] = per_view
@@ -89,5 +89,5 @@ def evaluate_run(
     metrics["eval_time_s"] = time.time() - t0
     metrics["total_time_s"] = metrics.get("train_time_s", 0.0) + metrics["eval_time_s"]
     write_json(out / "metrics.json", metrics)
-    log.info("%s", run_summary(metrics, out))
+    log.info("%s", run_summary(metrics, out, settings.metrics))
     return metrics

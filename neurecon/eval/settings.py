@@ -1,80 +1,104 @@
-"""What evaluation needs to know, whoever runs it (the trainer, evaluate.py, the bench)."""
+"""What evaluation needs to know, whoever runs it (the trainer, evaluate.py, the bench): the
+``eval`` config node (:class:`EvalConfig`, the one place its defaults live) and, for a run,
+:class:`EvalSettings` (the node plus the device, seed and mask rule of the run)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from neurecon.errors import ConfigError
+from neurecon.metrics.nodes import DTUChamfer, MeshMetric, Metric, ViewMetric, default_metrics
 
 
 @dataclass
-class MetricOptions:
-    """The ``metrics`` node: a typed config (:mod:`neurecon.schema`), documented in
-    ``conf/config.yaml``."""
+class EvalConfig:
+    """The ``eval`` node (``conf/eval/default.yaml``), a typed config (:mod:`neurecon.schema`).
 
-    lpips_net: Optional[str] = "alex"  # noqa: UP045  (OmegaConf reads the annotation)
-    dtu_gt_root: Optional[str] = None  # noqa: UP045
-    dtu_scan: Optional[int] = None  # noqa: UP045
-    dtu_protocol: str = "neus"  # mesh culling before the DTU evaluation (metrics/dtu.PROTOCOLS)
-    dtu_mask_dilate: Optional[float] = None  # noqa: UP045  (px of the photos; null: protocol's)
+    ``chunk``: rays per rendering chunk (halves on out-of-memory and stays so);
+    ``mesh_resolution``: the end-of-run mesh's marching-cubes grid (0: no mesh);
+    ``video_frames``: > 0, a turntable video of that many frames; ``metrics``: the metric nodes
+    by name (:mod:`neurecon.metrics.nodes`), each a ``_target_``."""
 
-
-METRIC_DEFAULTS: dict[str, Any] = asdict(MetricOptions())
-
-
-def metric_options(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``metrics`` config group's keys with defaults; unknown keys are an error."""
-    unknown = set(metrics or {}) - set(METRIC_DEFAULTS)
-    if unknown:
-        raise ConfigError(
-            f"metrics: unknown key(s) {sorted(unknown)}; known {sorted(METRIC_DEFAULTS)}"
-        )
-    return {**METRIC_DEFAULTS, **dict(metrics or {})}
-
-
-@dataclass
-class EvalSettings:
-    """Args: device; chunk (rays per rendering chunk; halves on out-of-memory and stays so);
-    mesh_resolution (0: no mesh); chamfer_points / chamfer_threshold (F-score threshold as a
-    fraction of the object radius); seed (surface sampling); progress (bars); metrics (the
-    ``metrics`` group: lpips_net, dtu_gt_root, dtu_scan, dtu_protocol, dtu_mask_dilate);
-    video_frames (> 0: a turntable video of that many frames); use_mask (``trainer.use_mask``:
-    whether a masked scene was trained with its masks, which decides the headline PSNR's
-    reference)."""
-
-    device: torch.device
     chunk: int = 2048
     mesh_resolution: int = 128
-    chamfer_points: int = 100_000
-    chamfer_threshold: float = 0.01
+    video_frames: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalSettings(EvalConfig):
+    """:class:`EvalConfig` with the metric objects built, plus what the run decides: ``device``,
+    ``seed`` (surface sampling), ``progress`` (bars) and ``use_mask`` (``trainer.use_mask``:
+    whether a masked scene was trained with its masks, which decides the PSNR's reference)."""
+
+    metrics: dict[str, Metric] = field(default_factory=default_metrics)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     progress: bool = True
-    metrics: dict[str, Any] = field(default_factory=lambda: dict(METRIC_DEFAULTS))
-    video_frames: int = 0
     use_mask: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if int(self.chunk) < 1:
+            raise ConfigError(f"eval.chunk must be >= 1, got {self.chunk}")
+        if self.mesh_resolution and self.mesh_resolution < 8:
+            raise ConfigError(f"eval.mesh_resolution must be 0 or >= 8, got {self.mesh_resolution}")
+        for name, m in self.metrics.items():
+            if not isinstance(m, Metric):
+                raise ConfigError(f"eval.metrics.{name}: {type(m).__name__} is not a Metric")
+        self.chunk, self.mesh_resolution = int(self.chunk), int(self.mesh_resolution or 0)
+        self.video_frames = int(self.video_frames or 0)
+
+    def view_metrics(self, validation: bool = False) -> list[ViewMetric]:
+        """The per-view metrics (at validation: those with ``at_validation``)."""
+        return [m for m in self.metrics.values() if isinstance(m, ViewMetric)
+                and (m.at_validation or not validation)]  # fmt: skip
+
+    def mesh_metrics(self) -> list[MeshMetric]:
+        return [m for m in self.metrics.values() if isinstance(m, MeshMetric)]
+
+    def dtu(self) -> DTUChamfer | None:
+        """The DTU protocol's node, if any (``evaluate.py --dtu-protocol`` changes it)."""
+        return next((m for m in self.metrics.values() if isinstance(m, DTUChamfer)), None)
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device | None = None) -> EvalSettings:
-        """From a run's composed config (``trainer`` and ``metrics`` groups)."""
+        """From a run's composed config (its ``eval`` node, and ``trainer`` for the device,
+        seed and masks). A CUDA run's folder evaluated on a machine without CUDA: the CPU."""
         from neurecon.device import resolve_device
 
         t = cfg.trainer
         saved = str(t.get("device", "auto"))
         if device is None and saved.startswith("cuda") and not torch.cuda.is_available():
-            device = torch.device("cpu")  # a CUDA run's folder, evaluated on a CPU machine
-        return cls(
+            device = torch.device("cpu")
+        return cls.from_node(
+            cfg.get("eval"),
             device=device or resolve_device(saved),
-            chunk=int(t.get("chunk", 2048)),
-            mesh_resolution=int(t.get("mesh_resolution", 128) or 0),
-            chamfer_points=int(t.get("chamfer_points", 100_000)),
-            chamfer_threshold=float(t.get("chamfer_threshold", 0.01)),
             seed=int(t.get("seed", 0)),
             progress=bool(t.get("progress", True)),
-            metrics=metric_options(cfg.get("metrics")),
-            video_frames=int(t.get("video_frames", 0) or 0),
             use_mask=t.get("use_mask", "auto"),
         )
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any] | None, **run: Any) -> EvalSettings:
+        """From an ``eval`` node (metric nodes instantiated, each on its own so that an error
+        names it); None: the defaults."""
+        from neurecon.build import instantiate_node
+
+        if node is None:
+            return cls(**run)
+        items = dict(node)
+        unknown = set(items) - {"chunk", "mesh_resolution", "video_frames", "metrics"}
+        if unknown:
+            raise ConfigError(f"eval: unknown key(s) {sorted(unknown)}")
+        nodes = items.pop("metrics", None)
+        metrics = (
+            default_metrics()
+            if nodes is None
+            else {str(k): instantiate_node(v, f"eval.metrics.{k}") for k, v in nodes.items()
+                  if v is not None}
+        )  # fmt: skip
+        return cls(**items, metrics=metrics, **run)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from neurecon.metrics.nodes import Metric, ViewMetric, default_metrics
 
 
 def _minutes(seconds: float) -> str:
@@ -11,8 +14,12 @@ def _minutes(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def run_summary(metrics: dict[str, Any], out: str | Path) -> str:
-    """A short human summary of a run's ``metrics`` (as written to ``out/metrics.json``)."""
+def run_summary(
+    metrics: dict[str, Any], out: str | Path, metrics_used: Mapping[str, Metric] | None = None
+) -> str:
+    """A short human summary of a run's ``metrics`` (as written to ``out/metrics.json``), each
+    figure as its metric object says (``metrics_used``: the run's ``eval.metrics``, default
+    the built-in ones)."""
     out = Path(out)
     m = metrics
     lines = [
@@ -24,24 +31,12 @@ def run_summary(metrics: dict[str, Any], out: str | Path) -> str:
         lines.append(f"  stopped early: {m['stop_reason']}")
     if m.get("error"):
         lines.append(f"  error: {m['error']}")
-    if "test/psnr" in m:
-        extra = [
-            f"{label} {m[k]:.2f} dB"
-            for label, k in (("object only", "test/psnr_masked"), ("vs photo", "test/psnr_photo"))
-            if k in m
-        ]
-        line = f"  test PSNR {m['test/psnr']:.2f} dB"
-        line += f" ({', '.join(extra)})" if extra else ""
-        line += f", SSIM {m['test/ssim']:.3f}" if "test/ssim" in m else ""
-        line += f", LPIPS {m['test/lpips']:.3f}" if "test/lpips" in m else ""
-        lines.append(line)
-    if "chamfer/relative" in m:
-        lines.append(
-            f"  Chamfer {m['chamfer/mean']:.4g} ({100 * m['chamfer/relative']:.2f} % of the "
-            f"object radius), F-score {m.get('chamfer/fscore', float('nan')):.3f}"
-        )
-    if "dtu/overall" in m:
-        lines.append(f"  DTU Chamfer {m['dtu/overall']:.3f} mm")
+    objs = default_metrics() if metrics_used is None else metrics_used
+    views = [obj.summary(m) for obj in objs.values() if isinstance(obj, ViewMetric)]
+    if any(views):
+        lines.append("  test " + ", ".join(v for v in views if v))
+    lines += [f"  {line}" for obj in objs.values() if not isinstance(obj, ViewMetric)
+              and (line := obj.summary(m))]  # fmt: skip
     for label, key in (("mesh", "mesh"), ("picture", "mesh_picture"), ("video", "video")):
         if m.get(key):
             detail = f"  ({m['mesh/vertices']:,} vertices)" if key == "mesh" else ""

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,31 +18,20 @@ from omegaconf import OmegaConf
 
 from neurecon.errors import NeuReconError, one_line
 from neurecon.io import atomic_write
+from neurecon.metrics.nodes import Figure, Metric, all_figures
 
 log = logging.getLogger(__name__)
 
-# (column header, metric keys in order of preference, format, lower is better)
-_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("PSNR↑", ("test/psnr",), "{:.2f}"),
-    ("SSIM↑", ("test/ssim",), "{:.3f}"),
-    ("LPIPS↓", ("test/lpips",), "{:.3f}"),
-    ("Chamfer↓", ("dtu/overall", "chamfer/mean"), "{:.4g}"),
-    ("time (s)", ("total_time_s", "train_time_s"), "{:.0f}"),
-]
-# Shown only when a run has them: masked scenes' other PSNRs (see neurecon.eval.views).
-OPTIONAL_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("PSNR object↑", ("test/psnr_masked",), "{:.2f}"),
-    ("PSNR photo↑", ("test/psnr_photo",), "{:.2f}"),
-    ("DTU acc.↓", ("dtu/accuracy",), "{:.3f}"),
-    ("DTU comp.↓", ("dtu/completeness",), "{:.3f}"),
-]
-# ``--by-scene KEY`` with a metric key: that key alone (a scan without it shows "–" and is left
-# out of the mean; no fallback to another metric), under the papers' label.
-KEY_COLUMNS: dict[str, tuple[str, str]] = {
-    "dtu/overall": ("Chamfer (mm)↓", "{:.2f}"),
-    "dtu/accuracy": ("accuracy (mm)↓", "{:.2f}"),
-    "dtu/completeness": ("completeness (mm)↓", "{:.2f}"),
-}
+# The columns are the figures of the metric objects (neurecon/metrics/nodes.py), then the time.
+TIME = Figure(("total_time_s", "train_time_s"), "time (s)", None, "{:.0f}")
+
+
+def table_figures(metrics: Mapping[str, Metric] | None = None) -> list[Figure]:
+    """The table's possible columns: every metric object's figures (default: the built-in
+    metrics), then the run's time."""
+    return [*all_figures(metrics), TIME]
+
+
 FORMATS = ("markdown", "csv", "json", "latex")
 
 
@@ -155,54 +145,50 @@ def label_runs(runs: list[RunRecord]) -> None:
         r.label = ", ".join(parts) or "default"
 
 
-def _fmt(v: float | None, f: str) -> str:
-    return "–" if v is None else f.format(v)
-
-
-def build_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Rows per run plus a mean row. Returns header, formatted rows, raw records."""
-    extra = [c for c in OPTIONAL_COLUMNS if any(r.value(c[1]) is not None for r in runs)]
-    columns = [*_COLUMNS[:1], *extra, *_COLUMNS[1:]]
-    header = ["run", "scene", *[c[0] for c in columns]]
+def build_table(
+    runs: list[RunRecord], figures: list[Figure] | None = None
+) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Rows per run plus a mean row. Returns header, formatted rows, raw records. An optional
+    figure (a masked scene's other PSNRs, the DTU terms) is a column only when a run has it."""
+    columns = [f for f in (figures or table_figures())
+               if not f.optional or any(r.value(f.keys) is not None for r in runs)]  # fmt: skip
+    header = ["run", "scene", *[c.header for c in columns]]
     rows, raw = [], []
     for r in runs:
-        vals = [r.value(keys) for _, keys, _ in columns]
-        rows.append(
-            [r.label, r.scene, *[_fmt(v, c[2]) for v, c in zip(vals, columns, strict=True)]]
-        )
+        vals = [r.value(c.keys) for c in columns]
+        rows.append([r.label, r.scene, *[c.format(v) for v, c in zip(vals, columns, strict=True)]])
         raw.append(
             {
                 "run": r.label,
                 "scene": r.scene,
                 "path": str(r.path),
                 "status": r.metrics.get("status"),
-                **{c[0]: v for c, v in zip(columns, vals, strict=True)},
+                **{c.header: v for c, v in zip(columns, vals, strict=True)},
             }
         )
     means = []
     for c in columns:
-        vals = [x[c[0]] for x in raw if x[c[0]] is not None]
+        vals = [x[c.header] for x in raw if x[c.header] is not None]
         means.append(sum(vals) / len(vals) if vals else None)
-    rows.append(["mean", "", *[_fmt(m, c[2]) for m, c in zip(means, columns, strict=True)]])
+    rows.append(["mean", "", *[c.format(m) for m, c in zip(means, columns, strict=True)]])
     raw.append(
-        {"run": "mean", "scene": "", **{c[0]: m for c, m in zip(columns, means, strict=True)}}
+        {"run": "mean", "scene": "", **{c.header: m for c, m in zip(columns, means, strict=True)}}
     )
     return header, rows, raw
 
 
 def pivot_table(
-    runs: list[RunRecord], column: str
+    runs: list[RunRecord], column: str, figures: list[Figure] | None = None
 ) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Paper-style table: one row per label, scenes as columns, mean at the end."""
-    if column in KEY_COLUMNS:
-        spec = (KEY_COLUMNS[column][0], (column,), KEY_COLUMNS[column][1])
-    else:
-        spec = next(
-            (c for c in [*_COLUMNS, *OPTIONAL_COLUMNS] if c[0].lower().startswith(column.lower())),
-            None,
-        )
+    """Paper-style table: one row per label, scenes as columns, mean at the end. ``column``: a
+    figure's ``metrics.json`` key (``dtu/overall``; that key alone: a scan without it shows "–"
+    and is left out of the mean) or the start of its label (``chamfer``, ``psnr``)."""
+    figs = figures or table_figures()
+    spec = next((f for f in figs if f.key == column), None) or next(
+        (f for f in figs if f.label.lower().startswith(column.lower())), None
+    )
     if spec is None:
-        choices = [c[0] for c in [*_COLUMNS, *OPTIONAL_COLUMNS]] + list(KEY_COLUMNS)
+        choices = [f.label for f in figs] + [f.key for f in figs]
         raise EvaluationError(f"--by-scene {column!r}: choose from {choices}")
     scenes = sorted({r.scene for r in runs}, key=lambda s: (len(s), s))
     labels = list(dict.fromkeys(r.label for r in runs))
@@ -212,17 +198,17 @@ def pivot_table(
     if scans and all(scans):
         order = sorted(range(len(scenes)), key=lambda i: int(heads[i]))
         scenes, heads = [scenes[i] for i in order], [heads[i] for i in order]
-    header = [spec[0], *heads, "mean"]
+    header = [spec.header, *heads, "mean"]
     rows, raw = [], []
     for lab in labels:
         vals = {}
         for s in scenes:
-            v = [r.value(spec[1]) for r in runs if r.label == lab and r.scene == s]
+            v = [r.value(spec.keys) for r in runs if r.label == lab and r.scene == s]
             v = [x for x in v if x is not None]
             vals[s] = sum(v) / len(v) if v else None
         present = [x for x in vals.values() if x is not None]
         mean = sum(present) / len(present) if present else None
-        rows.append([lab, *[_fmt(vals[s], spec[2]) for s in scenes], _fmt(mean, spec[2])])
+        rows.append([lab, *[spec.format(vals[s]) for s in scenes], spec.format(mean)])
         raw.append({"run": lab, **vals, "mean": mean})
     return header, rows, raw
 

@@ -17,8 +17,7 @@ from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
 from neurecon.io import atomic_write
 from neurecon.memory import retry_on_oom
-from neurecon.metrics import psnr, ssim
-from neurecon.metrics.lpips import LPIPSUnavailable, lpips
+from neurecon.metrics.nodes import MetricUnavailable, ViewImages
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +97,13 @@ def score_views(
     folder: Path,
     prefix: str,
     names: list[str],
-    with_lpips: bool,
+    validation: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
-    """PSNR / SSIM (and LPIPS) of ``views``; writes ``pred | gt | normal`` panels to
-    ``folder/names[i]``. Returns the means as ``{prefix}/{metric}``, the per-view rows and the
-    panels. Pixels without source data (``scene.valid_mask``) are not scored.
-    ``settings.chunk`` is updated when rendering had to shrink it.
+    """The view metrics of ``settings.metrics`` (:class:`~neurecon.metrics.nodes.ViewMetric`;
+    at ``validation`` those marked ``at_validation``) on ``views``; writes ``pred | gt |
+    normal`` panels to ``folder/names[i]``. Returns the means as ``{prefix}/{name}``, the
+    per-view rows and the panels. Pixels without source data (``scene.valid_mask``) are not
+    scored. ``settings.chunk`` is updated when rendering had to shrink it.
 
     The reference (the PSNR rule): a run trained with masks renders the object over the
     background colour, and its photos keep their own background (DTU's table and wall, the NeuS
@@ -112,7 +112,8 @@ def score_views(
     object, and a perfect render scores the maximum whatever the photo's background.
     ``psnr_photo`` keeps the comparison with the untouched photo, ``psnr_masked`` the object's
     pixels only. Without masks the photo is the reference."""
-    per_view, panels, lpips_missing = [], {}, None
+    per_view, panels, missing = [], {}, {}
+    metrics = settings.view_metrics(validation)
     bg = composite_background(scene, renderer) if settings.use_mask is not False else None
     for v, name in tqdm(
         list(zip(views, names, strict=True)), disable=not settings.progress, desc="render",
@@ -127,28 +128,28 @@ def score_views(
         if valid is not None:  # no source data there (undistortion): not scored
             pred = np.where(valid[..., None], pred, gt)  # SSIM / LPIPS see no error there
             m = None if m is None else m & valid
-        row = {"view": v, "psnr": psnr(pred, gt, valid), "ssim": ssim(pred, gt)}
-        if gt is not photo and not np.array_equal(gt, photo):  # the photo's own background
-            row["psnr_photo"] = psnr(pred, photo, valid)
-        if m is not None and m.any():
-            row["psnr_masked"] = psnr(pred, gt, m)
-        net = settings.metrics["lpips_net"]
-        if with_lpips and net and not lpips_missing:
+        view = ViewImages(pred, gt, photo, m, valid)
+        row: dict[str, Any] = {"view": v}
+        for metric in metrics:
+            if metric.name in missing:
+                continue
             try:
-                row["lpips"] = lpips(pred, gt, net)
-            except LPIPSUnavailable as e:  # reported as missing, never made up
-                lpips_missing = str(e)
+                value = metric.score(view)
+            except MetricUnavailable as e:  # reported as missing, never made up
+                missing[metric.name] = str(e)
                 log.warning("%s", e)
+                continue
+            if value is not None:
+                row[metric.name] = value
         per_view.append(row)
         normal = (img["normal"] * 0.5 + 0.5) * img["opacity"][..., None]
         panel = np.concatenate([pred, gt, np.clip(normal, 0, 1)], axis=1)
         panels[f"val/view_{v:03d}"] = panel
         atomic_write(folder / name, lambda p, a=panel: iio.imwrite(p, (a * 255).astype(np.uint8)))
     res: dict[str, Any] = {}
-    for key in ("psnr", "ssim", "psnr_masked", "psnr_photo", "lpips"):
-        vals = [r[key] for r in per_view if key in r]
+    for metric in metrics:
+        vals = [r[metric.name] for r in per_view if metric.name in r]
         if vals:
-            res[f"{prefix}/{key}"] = float(np.mean(vals))
-    if lpips_missing:
-        res["lpips_missing"] = lpips_missing
+            res[f"{prefix}/{metric.name}"] = float(np.mean(vals))
+    res.update({f"{name}_missing": why for name, why in missing.items()})
     return res, per_view, panels

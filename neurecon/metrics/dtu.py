@@ -160,7 +160,9 @@ def load_dtu_gt(gt_root: str | Path, scan: int) -> dict[str, np.ndarray]:
     }
     for key, f in files.items():
         if not f.is_file():
-            raise DatasetError(f"metrics.dtu_gt_root: DTU ground-truth file {f} is missing ({key})")
+            raise DatasetError(
+                f"eval.metrics.dtu.gt_root: DTU ground-truth file {f} is missing ({key})"
+            )
     obs = scipy.io.loadmat(files["obs"])
     stl = trimesh.load(files["stl"], process=False)
     return {

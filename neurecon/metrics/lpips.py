@@ -65,7 +65,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def find_weights(net: str) -> Path:
     """Path of the weights file for ``net`` (alex | vgg), or :class:`LPIPSUnavailable`."""
     if net not in NETS:
-        raise NeuReconError(f"metrics.lpips_net={net!r}; choose from {list(NETS)}")
+        raise NeuReconError(f"eval.metrics.lpips.net={net!r}; choose from {list(NETS)}")
     candidates = []
     if os.environ.get(WEIGHTS_ENV):
         candidates.append(Path(os.environ[WEIGHTS_ENV]) / _FILES[net])

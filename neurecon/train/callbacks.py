@@ -60,6 +60,19 @@ class FitContext:
     callbacks: list[Callback] = field(default_factory=list)
     stop_reason: str | None = None
 
+    _finite: tuple[tuple[int, ...], bool] | None = field(default=None, repr=False)
+
+    def key_params_finite(self) -> bool:
+        """Whether the last update left the key parameters finite
+        (:meth:`~neurecon.train.guard.NaNGuard.key_params_finite`, a host sync), read back once
+        per step and state of the parameters: validation, the checkpoint and the end-of-training
+        check of one step share it (cached on the step and the parameters' in-place versions,
+        which every update and every roll back bumps)."""
+        versions = (self.state.step, *(p._version for p in self.state.field.parameters()))
+        if self._finite is None or self._finite[0] != versions:
+            self._finite = (versions, self.guard.key_params_finite(self.state.field))
+        return self._finite[1]
+
     @property
     def last_step(self) -> bool:
         """Whether this step ends training (``max_steps`` reached or a stop reason set)."""
@@ -165,13 +178,13 @@ class ValidationCallback(Callback):
         step = state.step
         if not (self.every and step % self.every == 0 and step < ctx.max_steps):
             return False
-        if not ctx.guard.key_params_finite(state.field):
+        if not ctx.key_params_finite():
             return False  # the last update broke it: the next step's check rolls it back
         views = ctx.scene.test_ids.tolist()[: max(1, self.views)]
         names = [f"step_{step:07d}_view_{v:03d}.png" for v in views]
         res, _, panels = score_views(
             ctx.scene, state.field, state.renderer, views, ctx.eval, ctx.out / "val", "val",
-            names, with_lpips=False,
+            names, validation=True,
         )  # fmt: skip
         log.info("step %d validation: %s", step, res)
         ctx.logger.log_metrics(step, res)
@@ -195,7 +208,7 @@ class CheckpointCallback(Callback):
         if (self.every and step % self.every == 0) or ctx.last_step:
             # The step's own check saw the previous update; a checkpoint is of a checked state
             # (a broken one is not saved: the next step's check rolls it back).
-            if ctx.guard.key_params_finite(ctx.state.field):
+            if ctx.key_params_finite():
                 ctx.state.save(ctx.out / "checkpoints", self.keep)
             else:
                 log.warning("step %d: a key parameter is non-finite; checkpoint not saved", step)

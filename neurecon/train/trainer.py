@@ -19,7 +19,6 @@ from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError
 from neurecon.eval import EvalSettings, evaluate_run
-from neurecon.eval.settings import metric_options
 from neurecon.io import write_json
 from neurecon.log import NoneLogger
 from neurecon.losses import LossTerm, default_terms, total_loss
@@ -39,8 +38,9 @@ _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 class Trainer:
     """Random-ray training with a NaN guard; the final evaluation by
     :func:`neurecon.eval.evaluate_run`. Every argument is a ``trainer.*`` key, documented in
-    ``conf/trainer/default.yaml``, except: ``metrics`` (the ``metrics`` group), ``loss`` (the
-    ``loss`` group's terms, :mod:`neurecon.losses`) and ``callbacks`` (the ``callbacks``
+    ``conf/trainer/default.yaml``, except: ``evaluation`` (the ``eval`` node's settings,
+    :class:`~neurecon.eval.EvalSettings`), ``loss`` (the ``loss`` group's terms,
+    :mod:`neurecon.losses`) and ``callbacks`` (the ``callbacks``
     group's objects by name, :mod:`neurecon.train.callbacks`: logging, validation,
     checkpoints, and what a sweep or a SLURM job adds; None: the default ones)."""
 
@@ -50,10 +50,6 @@ class Trainer:
         batch_rays: int = 512,
         samples_per_step: int | None = None,
         max_batch_rays: int = 8192,
-        chunk: int = 2048,
-        mesh_resolution: int = 128,
-        chamfer_points: int = 100_000,
-        chamfer_threshold: float = 0.01,
         loss: Mapping[str, LossTerm] | None = None,
         use_mask: bool | str = "auto",
         objective: str | Sequence[str] = "test/psnr",
@@ -67,15 +63,12 @@ class Trainer:
         max_time: float | None = None,
         overwrite: bool = False,
         compile: bool = False,
-        video_frames: int = 0,
-        metrics: Mapping[str, Any] | None = None,
+        evaluation: EvalSettings | None = None,
         callbacks: Mapping[str, Callback] | None = None,
     ) -> None:
-        for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays), ("chunk", chunk)):
+        for key, val in (("max_steps", max_steps), ("batch_rays", batch_rays)):
             if int(val) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {val}")
-        if mesh_resolution and mesh_resolution < 8:
-            raise ConfigError(f"trainer.mesh_resolution must be 0 or >= 8, got {mesh_resolution}")
         if samples_per_step is not None and (samples_per_step < 1 or max_batch_rays < 1):
             raise ConfigError("trainer.samples_per_step and trainer.max_batch_rays must be >= 1")
         if use_mask not in (True, False, "auto"):
@@ -105,11 +98,10 @@ class Trainer:
         self.guard = NaNGuard(**dict(guard or {}))  # validates trainer.guard.* now
         self.resume, self.overwrite = resume, overwrite
         self.max_time = None if max_time is None else float(max_time)
-        self.eval_settings = EvalSettings(
-            self.device, int(chunk), int(mesh_resolution or 0), chamfer_points,
-            chamfer_threshold, seed, progress, metric_options(metrics), int(video_frames),
-            use_mask,
-        )  # fmt: skip
+        # The eval node (built by neurecon.build); the run decides device, seed and masks.
+        self.eval_settings = evaluation if evaluation is not None else EvalSettings()
+        es = self.eval_settings
+        es.device, es.seed, es.progress, es.use_mask = self.device, seed, progress, use_mask
         named = default_callbacks() if callbacks is None else dict(callbacks)
         for name, cb in named.items():
             if not isinstance(cb, Callback):
@@ -329,7 +321,7 @@ class Trainer:
     def _verify_last_update(self, state: TrainState) -> bool:
         """Whether the last update left the key parameters finite (the step's own check only
         sees the previous one's). If not, the guard rolls back (:meth:`_roll_back`); False."""
-        if self.guard.key_params_finite(state.field):
+        if self.ctx.key_params_finite():
             return True
         self._roll_back(state, "param")
         return False
