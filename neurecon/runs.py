@@ -36,7 +36,14 @@ from omegaconf.basecontainer import BaseContainer
 from neurecon.errors import NeuReconError
 
 # Classes from outside neurecon that a saved config may name (exact dotted paths).
-EXTRA_TARGETS: frozenset[str] = frozenset({"torch.optim.Adam", "torch.optim.AdamW"})
+EXTRA_TARGETS: frozenset[str] = frozenset(
+    {"torch.optim.Adam", "torch.optim.AdamW"}
+    # schedules taking numbers only (optimizer.schedule)
+    | {
+        f"torch.optim.lr_scheduler.{c}"
+        for c in ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR")
+    }
+)
 
 # OmegaConf's own resolvers that a saved config may use. ``oc.env`` is left out: a run folder
 # must not be shaped by the reader's environment (nor copy its secrets into paths and names).
@@ -231,8 +238,39 @@ def _migrate_eval(cfg: DictConfig) -> None:
         cfg["eval"] = node
 
 
+# optimizer.decay of releases before the optimizer.schedule node → the schedule's class.
+LEGACY_DECAYS = {
+    "cosine": "neurecon.optim.schedules.WarmupCosine",
+    "exp": "neurecon.optim.schedules.WarmupExp",
+    "none": "neurecon.optim.schedules.WarmupConstant",
+}
+
+
+def _migrate_schedule(cfg: DictConfig) -> None:
+    """A run folder saved before the ``optimizer.schedule`` node: ``optimizer.{warmup_steps,
+    decay, final_ratio}`` become it (values moved as written; releases' defaults otherwise)."""
+    opt = cfg._get_node("optimizer") if "optimizer" in cfg else None
+    if not isinstance(opt, DictConfig) or "schedule" in opt:
+        return
+    if not {"warmup_steps", "decay", "final_ratio"} & set(opt.keys()):
+        return
+    decay = opt._get_node("decay")._value() if "decay" in opt else "cosine"
+    if decay not in LEGACY_DECAYS:
+        raise ValueError(f"optimizer.decay={decay!r} is not a decay of any release")
+    node: dict[str, Any] = {"_target_": LEGACY_DECAYS[decay], "_partial_": True,
+                            "warmup_steps": 0, "final_ratio": 0.05}  # fmt: skip
+    with open_dict(opt):
+        for key in ("warmup_steps", "final_ratio"):
+            if key in opt:
+                node[key] = opt._get_node(key)._value()
+                del opt[key]
+        opt.pop("decay", None)
+        opt["schedule"] = node
+
+
 def _rename_legacy(cfg: DictConfig) -> None:
     _migrate_loss(cfg)
+    _migrate_schedule(cfg)
     _migrate_eval(cfg)
     _drop_side_jobs(cfg)
     for old, new in RENAMED_KEYS.items():

@@ -17,7 +17,7 @@ from faults import FaultInjection
 from neurecon.build import build
 from neurecon.errors import NeuReconError
 from neurecon.eval import render_view
-from neurecon.optim import lr_factor
+from neurecon.optim.schedules import cosine_factor
 from neurecon.train.checkpoint import load_checkpoint, save_checkpoint
 from neurecon.train.guard import TrainingDiverged
 
@@ -72,8 +72,8 @@ def test_repeated_nan_rolls_back_with_lower_lr(tmp_path):
     ev = m["guard/log"]
     assert [e["action"] for e in ev] == ["skip", "skip", "rollback"]
     # Rolled back to the step-20 snapshot, finished all 60 steps at half the scheduled lr.
-    o = run.optimizer
-    expected = 5e-3 * 0.5 * lr_factor(60, 60, o.warmup_steps, o.decay, o.final_ratio)
+    o = run.optimizer.schedule.keywords  # the schedule node's arguments (max_steps: 60)
+    expected = 5e-3 * 0.5 * cosine_factor(60, 60, o["warmup_steps"], o["final_ratio"])
     assert m["final/lr/network"] == pytest.approx(expected, rel=1e-6)
     assert run.trainer.history[-1]["step"] == 60
 
@@ -131,7 +131,10 @@ def test_absurd_lr_never_yields_a_silent_nan_mesh(tmp_path):
     """lr=1.0 on NeuS: either the guard reports divergence, or everything written is finite."""
     try:
         _, m = _fit(
-            tmp_path, "trainer.max_steps=80", "optimizer.lr=1.0", "optimizer.warmup_steps=0"
+            tmp_path,
+            "trainer.max_steps=80",
+            "optimizer.lr=1.0",
+            "optimizer.schedule.warmup_steps=0",
         )
     except TrainingDiverged:
         m = json.loads((tmp_path / "metrics.json").read_text())
@@ -262,7 +265,7 @@ def test_finished_run_is_never_overwritten(tmp_path):
         ("optimizer.lr_variance=fast", "optimizer.lr_variance must be a finite number"),
         ("optimizer.lr_variance_auto=[1e-2]", "optimizer.lr_variance_auto must be"),
         ("optimizer.lr_variance_auto=[1e-2,null]", "optimizer.lr_variance_auto[1] must be a"),
-        ("optimizer.decay=linear", "optimizer.decay='linear'"),
+        ("optimizer.schedule.final_ratio=0", "optimizer.schedule: need 0 < final_ratio <= 1"),
         ("dataset.resolution=0", "need resolution >= 8"),
         ("dataset.shape=teapot", "dataset.shape='teapot' is unknown"),
         ("trainer.batch_rays=0", "trainer.batch_rays must be >= 1"),
@@ -361,7 +364,7 @@ def test_lr_back_off_compounds_when_rolling_back_to_the_same_snapshot(tmp_path):
     # iterations after the first, at step 10.
     assert [e["step"] for e in m["guard/log"] if e["action"] == "rollback"] == [11, 10]
     assert m["final/lr/network"] == pytest.approx(
-        5e-3 * 0.25 * lr_factor(40, 40, 100, "cosine", 0.05), rel=1e-6
+        5e-3 * 0.25 * cosine_factor(40, 40, 100, 0.05), rel=1e-6
     )
 
 

@@ -1,5 +1,6 @@
-"""Optimizers, parameter groups and schedules."""
+"""Optimizers and their learning-rate schedules: the ``optimizer`` group."""
 
-from neurecon.optim.factory import OptimizerFactory, lr_factor
+from neurecon.optim.factory import OptimizerFactory
+from neurecon.optim.schedules import WarmupConstant, WarmupCosine, WarmupExp
 
-__all__ = ["OptimizerFactory", "lr_factor"]
+__all__ = ["OptimizerFactory", "WarmupConstant", "WarmupCosine", "WarmupExp"]

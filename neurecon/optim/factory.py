@@ -1,31 +1,17 @@
-"""Optimizers with parameter groups, and learning-rate schedules."""
+"""Optimizers with parameter groups (the schedule is :mod:`neurecon.optim.schedules`)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from neurecon.errors import ConfigError
-
-_DECAYS = ("cosine", "exp", "none")
-
-
-def lr_factor(
-    step: int, max_steps: int, warmup_steps: int, decay: str, final_ratio: float
-) -> float:
-    """Multiplier of the base lr: linear warm-up, then cosine / exponential decay to
-    ``final_ratio`` at ``max_steps`` (or constant for ``none``)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    if decay == "cosine":
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if decay == "exp":
-        return final_ratio**progress
-    return 1.0
+from neurecon.optim.schedules import WarmupCosine
 
 
 def _positive(val: object) -> bool:
@@ -47,7 +33,9 @@ class OptimizerFactory:
             table and wall included, into the surface (DTU scan65: a shell at 1e-2, the skull
             at 1e-3, NeuS's own lr).
         lr_encoder: lr of the encoder's parameters (hash tables like a higher lr); null → ``lr``.
-        warmup_steps, decay (cosine | exp | none), final_ratio: the schedule.
+        schedule: the lr schedule, a ``_target_`` node with ``_partial_: true`` called with the
+            optimizer (:mod:`neurecon.optim.schedules`, or any ``torch.optim.lr_scheduler``
+            class); None: :class:`~neurecon.optim.schedules.WarmupCosine` without warm-up.
     """
 
     def __init__(
@@ -59,13 +47,12 @@ class OptimizerFactory:
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-15,
         weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        decay: str = "cosine",
-        final_ratio: float = 0.05,
+        schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
         lr_variance_auto: Sequence[float] = (1e-2, 1e-3),
     ) -> None:
-        if optimizer_class is not None and not callable(optimizer_class):
-            raise ConfigError("optimizer.optimizer_class must be a _target_ node (_partial_: true)")
+        for key, val in (("optimizer_class", optimizer_class), ("schedule", schedule)):
+            if val is not None and not callable(val):
+                raise ConfigError(f"optimizer.{key} must be a _target_ node (_partial_: true)")
         try:
             masked_lr, unmasked_lr = lr_variance_auto
         except (TypeError, ValueError):
@@ -85,14 +72,10 @@ class OptimizerFactory:
             if not (val is None and optional) and not _positive(val):
                 raise ConfigError(f"optimizer.{key} must be a finite number > 0, got {val!r}")
         self.lr_variance_auto = (float(masked_lr), float(unmasked_lr))
-        if decay not in _DECAYS:
-            raise ConfigError(f"optimizer.decay={decay!r}; choose from {list(_DECAYS)}")
-        if not 0 < final_ratio <= 1 or warmup_steps < 0:
-            raise ConfigError("optimizer: need 0 < final_ratio <= 1 and warmup_steps >= 0")
         self.optimizer_class, self.lr = optimizer_class or torch.optim.Adam, lr
         self.lr_variance, self.lr_encoder = lr_variance, lr_encoder
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
-        self.warmup_steps, self.decay, self.final_ratio = warmup_steps, decay, final_ratio
+        self.schedule = schedule
 
     def resolve(self, masked: bool) -> None:
         """Settle ``lr_variance=auto`` for a run that trains with masks or without."""
@@ -111,9 +94,9 @@ class OptimizerFactory:
         }
         return [{"name": k, "params": v, "lr": lrs[k]} for k, v in groups.items() if v]
 
-    def build(
-        self, model: nn.Module, max_steps: int
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    def build(self, model: nn.Module, max_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer over the field's groups and its schedule (stepped once per training
+        step; ``max_steps``, the trainer's, for a schedule that takes it)."""
         cls, kw = self.optimizer_class, {}
         if getattr(cls, "func", cls) in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in (
             getattr(cls, "keywords", None) or {}
@@ -126,8 +109,12 @@ class OptimizerFactory:
             self.param_groups(model),
             betas=self.betas, eps=self.eps, weight_decay=self.weight_decay, **kw,
         )  # fmt: skip
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: lr_factor(s, max_steps, self.warmup_steps, self.decay, self.final_ratio),
-        )
-        return opt, sched
+        if self.schedule is None:
+            return opt, WarmupCosine(opt, max_steps)
+        # A schedule that asks for max_steps (the built-in ones) gets the trainer's, unless its
+        # node names one; a torch scheduler gets the optimizer alone.
+        takes = "max_steps" in inspect.signature(self.schedule).parameters
+        bound = "max_steps" in (getattr(self.schedule, "keywords", None) or {})
+        return opt, self.schedule(
+            opt, max_steps=max_steps
+        ) if takes and not bound else self.schedule(opt)
