@@ -39,12 +39,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from neurecon.atomic import write_json
 from neurecon.build import build
 from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError, NeuReconError
 from neurecon.eval import render_view
-from neurecon.io import write_json
 from neurecon.memory import PeakMemory
 from neurecon.metrics import psnr
 from neurecon.metrics.nodes import PSNR, ObjectPSNR

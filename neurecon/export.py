@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from neurecon.atomic import check_inside, write_json, writes_inside
 from neurecon.errors import MeshExtractionError, NeuReconError
-from neurecon.eval.export import (
+from neurecon.eval.outputs import (
     MESH_FORMATS,
     MeshOptions,
     depth_normal_maps,
@@ -28,7 +29,6 @@ from neurecon.eval.export import (
     turntable_video,
     write_mesh,
 )
-from neurecon.io import check_inside, write_json, writes_inside
 from neurecon.metrics.dtu import PROTOCOLS
 
 log = logging.getLogger("neurecon.export")

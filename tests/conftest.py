@@ -11,6 +11,10 @@ import torch
 # Triton reads when a kernel is defined: set it before any test module imports neurecon.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (two workers on two cores) each worker's own PyTorch work takes one
+# thread, so the two do not fight over both cores; the runs a test starts keep the default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from neurecon import io as nio
+from neurecon import atomic as nio
 
 
 def test_atomic_write_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ from conftest import TINY, trained_run_folder
 
 import evaluate
 from neurecon import export
+from neurecon.atomic import OutsideRunFolderError, atomic_write, writes_inside
 from neurecon.errors import NeuReconError
-from neurecon.io import OutsideRunFolderError, atomic_write, writes_inside
 from neurecon.train.lock import acquire, release
 
 PRECIOUS = "a user's own file\n"

@@ -11,7 +11,7 @@ from conftest import REPO, TINY
 
 from neurecon.train.lock import acquire, release
 
-ARGS = [*TINY, "dataset.shape=sphere", "callbacks.checkpoint.every=10"]
+ARGS = [*TINY, "dataset.shape=sphere", "callbacks.checkpoint.every=10", "eval.mesh_resolution=0"]
 
 
 def _cli(out, *overrides):
@@ -49,11 +49,11 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
         first.wait()
     assert json.loads((out / ".lock").read_text())["pid"] == first.pid  # left behind
     done = max(int(p.stem.split("_")[1]) for p in (out / "checkpoints").glob("step_*.ckpt"))
-    res = _run(out, f"trainer.max_steps={done + 30}", "trainer.resume=auto")
+    res = _run(out, f"trainer.max_steps={done + 5}", "trainer.resume=auto")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "taking over a stale lock left by pid" in res.stdout + res.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["status"] == "completed" and m["steps"] == done + 30
+    assert m["status"] == "completed" and m["steps"] == done + 5
     assert (out / ".lock").read_text() == ""  # a clean exit empties the record
 
 

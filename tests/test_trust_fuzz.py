@@ -42,7 +42,7 @@ FORBIDDEN = [
     "torch.save",
     "neurecon.data.io.np.save",  # numpy reached through a neurecon module attribute
     "neurecon.metrics.lpips._NumpyOnlyUnpickler",  # private
-    "neurecon.io.atomic_write",  # a neurecon function, not a class
+    "neurecon.atomic.atomic_write",  # a neurecon function, not a class
 ]
 # Allowed classes that are cheap to really build; CSVLogger writes where its arguments say.
 ALLOWED = [

@@ -35,8 +35,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from neurecon.atomic import atomic_write
 from neurecon.errors import ConfigError
-from neurecon.io import atomic_write
 from neurecon.storage import TRIAL_STORAGE_ENV, open_storage, refuse_saved_password
 
 log = logging.getLogger(__name__)

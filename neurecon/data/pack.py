@@ -23,9 +23,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from neurecon.atomic import fsync_dir, fsync_tree, umask
 from neurecon.data.io import list_images, read_image
 from neurecon.errors import DatasetError, NeuReconError
-from neurecon.io import fsync_dir, fsync_tree, umask
 
 
 def _rgb(path: Path) -> np.ndarray:

@@ -26,10 +26,10 @@ import imageio.v3 as iio
 import numpy as np
 from tqdm.auto import tqdm
 
+from neurecon.atomic import atomic_write
 from neurecon.data.colmap import ColmapScene, _pycolmap
 from neurecon.data.io import list_images
 from neurecon.errors import DatasetError, NeuReconError
-from neurecon.io import atomic_write
 
 log = logging.getLogger("neurecon.prepare")
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from neurecon.atomic import atomic_write
 from neurecon.encoders.hashgrid_ops import Levels
 from neurecon.encoders.hashgrid_ops import hash_encode as _autograd_encode
-from neurecon.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str, out: Path, openmp: bool) -> bool:
-    """Compile the source into ``out`` atomically (:func:`neurecon.io.atomic_write`), so that
+    """Compile the source into ``out`` atomically (:func:`neurecon.atomic.atomic_write`), so that
     concurrent runs (a sweep's workers) never load half a library."""
 
     def compile_to(tmp: Path) -> None:

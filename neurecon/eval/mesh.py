@@ -11,7 +11,7 @@ from torch import nn
 
 from neurecon.data.scene import Scene
 from neurecon.errors import MeshExtractionError
-from neurecon.eval.export import MeshOptions, export_mesh, write_mesh
+from neurecon.eval.outputs import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def mesh_metrics(
     scene: Scene, field: nn.Module, out: Path, settings: EvalSettings
 ) -> tuple[dict[str, Any], trimesh.Trimesh | None]:
     """Extract ``out/mesh.ply`` in world coordinates with vertex colours
-    (:func:`~neurecon.eval.export.export_mesh`) and score it with the mesh metrics of
+    (:func:`~neurecon.eval.outputs.export_mesh`) and score it with the mesh metrics of
     ``settings.metrics`` (Chamfer against the scene's ground truth, the DTU protocol when
     configured). Returns the metrics and the mesh (None without a mesh; ``mesh_error`` says
     why)."""

@@ -12,14 +12,14 @@ import numpy as np
 import trimesh
 from torch import nn
 
+from neurecon.atomic import check_inside, write_json
 from neurecon.data.scene import Scene
-from neurecon.eval.export import scale_rotation, turntable_video
 from neurecon.eval.mesh import mesh_metrics
+from neurecon.eval.outputs import scale_rotation, turntable_video
 from neurecon.eval.settings import EvalSettings
 from neurecon.eval.summary import run_summary
 from neurecon.eval.views import score_views
 from neurecon.geometry.picture import frame_from_cameras, mesh_picture
-from neurecon.io import check_inside, write_json
 
 log = logging.getLogger(__name__)
 # mesh.png: the side the cameras saw, then 60° to either side, a little from above.

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from neurecon.atomic import atomic_write
 from neurecon.errors import NeuReconError, one_line
-from neurecon.io import atomic_write
 from neurecon.metrics.nodes import Figure, Metric, all_figures
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from neurecon.atomic import atomic_write
 from neurecon.data.cameras import pixel_rays
 from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
-from neurecon.io import atomic_write
 from neurecon.memory import retry_on_oom
 from neurecon.metrics.nodes import MetricUnavailable, ViewImages
 

@@ -18,7 +18,7 @@ import imageio.v3 as iio
 import numpy as np
 import trimesh
 
-from neurecon.io import atomic_write
+from neurecon.atomic import atomic_write
 
 Z_UP = np.array([0.0, 0.0, 1.0])
 

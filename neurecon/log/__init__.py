@@ -1,5 +1,12 @@
 """Experiment logging: one interface, several backends (``logger`` config group)."""
 
-from neurecon.log.loggers import AutoLogger, CSVLogger, NoneLogger, TensorBoardLogger, WandbLogger
+from neurecon.log.loggers import (
+    AutoLogger,
+    CSVLogger,
+    Logger,
+    NoneLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 
-__all__ = ["AutoLogger", "CSVLogger", "NoneLogger", "TensorBoardLogger", "WandbLogger"]
+__all__ = ["AutoLogger", "CSVLogger", "Logger", "NoneLogger", "TensorBoardLogger", "WandbLogger"]

@@ -38,8 +38,9 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-class NoneLogger:
-    """Logs nothing (metrics.json and the text log are still written)."""
+class Logger:
+    """What the loop and the evaluation call on a logger; each hook does nothing here, so a
+    logger overrides the ones it records (``logger=`` group, a ``_target_`` each)."""
 
     # The arguments naming where a logger writes: built from an untrusted run folder, they must
     # stay inside it (neurecon.runs).
@@ -69,7 +70,11 @@ class NoneLogger:
         pass
 
 
-class CSVLogger(NoneLogger):
+class NoneLogger(Logger):
+    """Logs nothing (metrics.json and the text log are still written): ``logger=none``."""
+
+
+class CSVLogger(Logger):
     """``log.csv`` in the run dir, one ``step,key,value`` row per scalar (easy to pivot)."""
 
     output_paths: ClassVar[tuple[str, ...]] = ("out_dir", "filename")
@@ -102,7 +107,7 @@ class CSVLogger(NoneLogger):
         self._f.close()
 
 
-class TensorBoardLogger(NoneLogger):
+class TensorBoardLogger(Logger):
     """TensorBoard event files in ``<run dir>/tb`` (``tensorboard --logdir outputs``)."""
 
     def __init__(self, out_dir: str | Path = ".", run_config: Mapping | None = None, **_: Any):
@@ -111,26 +116,26 @@ class TensorBoardLogger(NoneLogger):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("logger=tensorboard needs the tensorboard package") from None
-        self.w = SummaryWriter(str(self.out_dir / "tb"))
+        self.writer = SummaryWriter(str(self.out_dir / "tb"))
         if run_config is not None:
             import yaml
 
-            self.w.add_text("config", "```\n" + yaml.safe_dump(_plain(run_config)) + "\n```")
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(_plain(run_config)) + "\n```")
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         for k, v in _scalars(metrics).items():
-            self.w.add_scalar(k, v, step)
+            self.writer.add_scalar(k, v, step)
 
     def log_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         for k, img in images.items():
-            self.w.add_image(k, np.clip(img, 0, 1), step, dataformats="HWC")
+            self.writer.add_image(k, np.clip(img, 0, 1), step, dataformats="HWC")
 
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         for k, v in _scalars(metrics).items():
-            self.w.add_scalar(f"summary/{k}", v, 0)
+            self.writer.add_scalar(f"summary/{k}", v, 0)
 
     def finish(self, status: str = "completed") -> None:
-        self.w.close()
+        self.writer.close()
 
 
 def _has_wandb_key() -> bool:
@@ -140,7 +145,7 @@ def _has_wandb_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-class WandbLogger(NoneLogger):
+class WandbLogger(Logger):
     """Weights & Biases.
 
     Args:

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from neurecon.atomic import atomic_write
 from neurecon.errors import NeuReconError, one_line
-from neurecon.io import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

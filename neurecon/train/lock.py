@@ -26,8 +26,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from neurecon.atomic import writes_inside
 from neurecon.errors import NeuReconError
-from neurecon.io import writes_inside
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -131,7 +131,7 @@ def release(folder: str | Path) -> None:
 @contextmanager
 def run_folder_lock(folder: str | Path) -> Iterator[None]:
     """Hold the folder's lock; writes into it must stay inside it meanwhile
-    (:func:`neurecon.io.writes_inside`)."""
+    (:func:`neurecon.atomic.writes_inside`)."""
     acquire(folder)
     try:
         with writes_inside(folder):

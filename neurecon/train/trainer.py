@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neurecon.atomic import write_json
 from neurecon.data.rays import sample_batch
 from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError
 from neurecon.eval import EvalSettings, evaluate_run
-from neurecon.io import write_json
 from neurecon.log import NoneLogger
 from neurecon.losses import LossTerm, default_terms, total_loss
 from neurecon.optim import OptimizerFactory

@@ -21,6 +21,7 @@ import trimesh
 from torch import nn
 from tqdm.auto import tqdm
 
+from neurecon.atomic import atomic_write
 from neurecon.data.cameras import look_at
 from neurecon.data.scene import Scene
 from neurecon.errors import NeuReconError
@@ -29,7 +30,6 @@ from neurecon.eval.views import render_camera, render_view
 from neurecon.geometry import extract_mesh
 from neurecon.geometry.clean import keep_largest, seen_faces, submesh
 from neurecon.geometry.picture import frame_from_cameras, render_mesh_camera
-from neurecon.io import atomic_write
 from neurecon.memory import retry_on_oom
 from neurecon.metrics.dtu import cull_by_masks, protocol
 
