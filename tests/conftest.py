@@ -44,6 +44,18 @@ TINY = [
 ]
 
 
+# The files that take longest (minutes on 2 cores) are handed out first: the two xdist workers
+# take a file each, and a long file started last would leave one worker finishing it alone.
+LONG_FILES = ("test_sweeps.py", "test_robustness.py", "test_train.py", "test_slurm.py",
+              "test_loader_fuzz.py", "test_sweeps_distributed.py", "test_prepare.py",
+              "test_logging.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides or [])

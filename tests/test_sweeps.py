@@ -62,7 +62,7 @@ def test_lr_inv_s_sweep_logs_every_trial_to_one_wandb_group(tmp_path):
 
 
 def test_rerunning_the_same_sweep_resumes_the_study(tmp_path):
-    args = ["sweep=lr_inv_s", "hydra.sweeper.n_trials=2", "logger=none"]
+    args = ["sweep=lr_inv_s", "hydra.sweeper.n_trials=2", "logger=none", "eval.mesh_resolution=0"]
     for _ in range(2):
         res = _sweep(tmp_path / "s", *args)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -119,6 +119,7 @@ def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(tmp_pat
         "hydra.sweeper.n_trials=6",
         "hydra/sweeper/sampler=random",
         "logger=none",
+        "eval.mesh_resolution=0",  # the trials' states are the point, not their meshes
         "optimizer.lr=choice(-1.0,0.001,0.002,0.003)",  # -1: an invalid config value
         # A test-side callback (tests/faults.py): NaN loss from iteration 1 on, or never.
         "+callbacks.faults._target_=faults.FaultInjection",
@@ -154,6 +155,7 @@ def test_grid_lr_uses_hydras_basic_sweeper(tmp_path):
         "logger=wandb",
         "logger.mode=offline",
         "hydra.sweep.subdir=lr_${optimizer.lr}",
+        "eval.mesh_resolution=0",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "g").iterdir() if p.name.startswith("lr_")) == [
@@ -176,6 +178,7 @@ def test_pruner_stops_hopeless_trials_from_validation_psnr(tmp_path):
         "hydra.sweeper.seed=2",  # draws two good trials first: the median needs them
         "hydra/sweeper/pruner=median",
         "logger=none",
+        "eval.mesh_resolution=0",
         "callbacks.validate.every=5",
         "trainer.max_steps=20",
         "optimizer.lr=choice(0.005,1e-9)",  # 1e-9: learns nothing, a hopeless trial
