@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -91,7 +91,7 @@ class EvalSettings(EvalConfig):
         if node is None:
             return cls(**run)
         items = dict(node)
-        unknown = set(items) - {"chunk", "mesh_resolution", "video_frames", "metrics"}
+        unknown = set(items) - {f.name for f in fields(EvalConfig)}
         if unknown:
             raise ConfigError(f"eval: unknown key(s) {sorted(unknown)}")
         nodes = items.pop("metrics", None)

@@ -109,12 +109,12 @@ class Trainer:
         self.named_callbacks: dict[str, Callback] = named
         self.callbacks: list[Callback] = []  # this fit's: the named ones, then fit()'s
         self.ctx: FitContext | None = None  # this fit's, for the callbacks
-        self.history: list[dict[str, float]] = []  # rows logged every ``log_every`` steps
+        self.history: list[dict[str, float]] = []  # rows the log callback wrote
         self.logger: Any = NoneLogger()
         self.stop_reason: str | None = None  # set when training ends before max_steps
         self.scaler: torch.amp.GradScaler | None = None  # fp16 only, built in fit
         self.compile, self.compiled, self.compile_s = bool(compile), False, 0.0
-        self.step, self._time_step, self.train_time = 0, -1, 0.0
+        self.step, self.train_time = 0, 0.0
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
