@@ -49,21 +49,23 @@ def instantiate_node(node: Any, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
-def loss_terms(cfg: DictConfig) -> dict[str, Any] | None:
-    """The ``loss`` group's terms, each node instantiated on its own (errors name the node)."""
-    node = cfg.get("loss")
+def instantiate_named(node: Any, where: str) -> dict[str, Any] | None:
+    """A mapping of named ``_target_`` nodes (``loss``, ``callbacks``, ``eval.metrics``), each
+    instantiated on its own so that an error names it (``where.NAME``); a null node is
+    dropped. None when ``node`` is None (the caller's defaults)."""
     if node is None:
         return None
-    return {str(k): instantiate_node(v, f"loss.{k}") for k, v in node.items() if v is not None}
+    return {str(k): instantiate_node(v, f"{where}.{k}") for k, v in node.items() if v is not None}
+
+
+def loss_terms(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``loss`` group's terms by name, or None (the trainer's defaults)."""
+    return instantiate_named(cfg.get("loss"), "loss")
 
 
 def callbacks(cfg: DictConfig) -> dict[str, Any] | None:
-    """The ``callbacks`` group's objects by name (a null node is dropped), or None when the
-    config has no such group (the trainer's defaults)."""
-    node = cfg.get("callbacks")
-    if node is None:
-        return None
-    return {str(k): instantiate_node(v, f"callbacks.{k}") for k, v in node.items() if v is not None}
+    """The ``callbacks`` group's objects by name, or None (the trainer's defaults)."""
+    return instantiate_named(cfg.get("callbacks"), "callbacks")
 
 
 def evaluation(cfg: DictConfig) -> EvalSettings:

@@ -86,7 +86,7 @@ class EvalSettings(EvalConfig):
     def from_node(cls, node: Mapping[str, Any] | None, **run: Any) -> EvalSettings:
         """From an ``eval`` node (metric nodes instantiated, each on its own so that an error
         names it); None: the defaults."""
-        from neurecon.build import instantiate_node
+        from neurecon.build import instantiate_named
 
         if node is None:
             return cls(**run)
@@ -94,11 +94,5 @@ class EvalSettings(EvalConfig):
         unknown = set(items) - {f.name for f in fields(EvalConfig)}
         if unknown:
             raise ConfigError(f"eval: unknown key(s) {sorted(unknown)}")
-        nodes = items.pop("metrics", None)
-        metrics = (
-            default_metrics()
-            if nodes is None
-            else {str(k): instantiate_node(v, f"eval.metrics.{k}") for k, v in nodes.items()
-                  if v is not None}
-        )  # fmt: skip
-        return cls(**items, metrics=metrics, **run)
+        metrics = instantiate_named(items.pop("metrics", None), "eval.metrics")
+        return cls(**items, metrics=default_metrics() if metrics is None else metrics, **run)
