@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 
 from neurecon.atomic import write_json
 from neurecon.build import build
+from neurecon.cli import config_dir
 from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError, NeuReconError
@@ -51,7 +52,6 @@ from neurecon.metrics.nodes import PSNR, ObjectPSNR
 from neurecon.train.callbacks import Callback, SyncCountCallback
 from neurecon.train.compile import compile_field
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # The bench times training alone: no periodic validation, checkpoints, mesh or LPIPS.
 BENCH_OVERRIDES = [
     "logger=none",
@@ -70,9 +70,7 @@ def _sync(device: torch.device) -> None:
 
 def compose_config(overrides: list[str], base: list[str] = BENCH_OVERRIDES) -> DictConfig:
     """The run's config: ``base`` (timing-only settings by default), then ``overrides``."""
-    if not (CONF / "config.yaml").is_file():
-        raise ConfigError(f"config folder {CONF} not found (run from a source checkout)")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=[*base, *overrides])
 
 
@@ -252,7 +250,9 @@ GPU_TEST_FILES = ["tests/test_hashgrid_kernels.py", "tests/test_occupancy.py::" 
 def run_cuda_tests(extra: list[str] | None = None) -> dict[str, str]:
     """``python -m pytest -m cuda``, then :data:`GPU_TEST_FILES`, in the source checkout;
     test id → outcome."""
-    repo = CONF.parent
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "tests").is_dir():
+        raise ConfigError(f"--suite cuda runs the tests of a source checkout: no {repo / 'tests'}")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"]
     outcomes: dict[str, str] = {}
     for selection in (["-m", "cuda"], ["-m", "not slow", *GPU_TEST_FILES]):

@@ -11,10 +11,13 @@ import torch
 # Triton reads when a kernel is defined: set it before any test module imports neurecon.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# Under pytest-xdist (two workers on two cores) each worker's own PyTorch work takes one
-# thread, so the two do not fight over both cores; the runs a test starts keep the default.
+# Under pytest-xdist (two workers on two cores) each worker takes one thread, and so do the
+# runs its tests start (OpenMP reads OMP_NUM_THREADS): two workers each starting two-thread
+# runs oversubscribe the cores, and OpenMP's spinning threads then make a pruned sweep 2.5x
+# slower than on one thread each (93 s against 37 s for two at once; docs/test-suite.md).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -2,7 +2,7 @@
 
 from neurecon.data.colmap import ColmapScene
 from neurecon.data.neus import NeuSScene
-from neurecon.data.posed import BlenderScene, LLFFScene, NGPScene
+from neurecon.data.posed import BlenderScene, LLFFScene, NerfstudioScene, NGPScene
 from neurecon.data.scene import RayBatch, Scene
 from neurecon.data.synthetic import SyntheticScene
 from neurecon.errors import DatasetError
@@ -13,6 +13,7 @@ __all__ = [
     "DatasetError",
     "LLFFScene",
     "NGPScene",
+    "NerfstudioScene",
     "NeuSScene",
     "RayBatch",
     "Scene",

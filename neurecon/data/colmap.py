@@ -17,7 +17,7 @@ from neurecon.data.cameras import check_cameras
 from neurecon.data.distortion import downscale_valid, remap
 from neurecon.data.io import downscale_image, load_rgb
 from neurecon.data.neus import resized_intrinsics
-from neurecon.data.posed import normalise_poses, similarity
+from neurecon.data.posed import normalise_poses, robust_sphere, similarity
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import DatasetError, one_line
 
@@ -83,21 +83,6 @@ def _probe_model(path: Path) -> None:
         if done.returncode < 0 or "bad_alloc" in done.stderr or "MemoryError" in done.stderr:
             why = f"the reader crashed or ran out of memory ({one_line(why, 160)})"
         raise DatasetError(f"COLMAP model {path} cannot be read: {one_line(why, 240)}")
-
-
-def robust_sphere(
-    points: np.ndarray, quantile: float = 0.95, margin: float = 1.1, where: str = "COLMAP model"
-):
-    """Centre and radius of the region of interest from sparse points (N, 3)."""
-    points = points[np.isfinite(points).all(axis=1)]
-    if len(points) < 4:
-        raise DatasetError(
-            f"{where} has only {len(points)} finite 3-D points; cannot find the scene"
-        )
-    d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
-    inliers = points[d <= np.quantile(d, quantile)]
-    centre = inliers.mean(axis=0)
-    return centre, margin * float(np.linalg.norm(inliers - centre, axis=1).max())
 
 
 def pinhole_K(camera) -> np.ndarray:
