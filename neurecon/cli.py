@@ -62,12 +62,10 @@ def train() -> None:
         sys.exit(2)
     # Hydra finds plugins by listing the hydra_plugins namespace, which an editable install's
     # import hook cannot list from outside the checkout: register the sweeper by hand (its
-    # import stores hydra/sweeper=neurecon_optuna); a second registration is a no-op.
-    from hydra.core.plugins import Plugins
+    # import stores hydra/sweeper=neurecon_optuna and =optuna); a second registration is a no-op.
+    from hydra_plugins.neurecon_optuna_sweeper.sweeper import register_plugins
 
-    from hydra_plugins.neurecon_optuna_sweeper.sweeper import NeureconOptunaSweeper
-
-    Plugins.instance().register(NeureconOptunaSweeper)
+    register_plugins()
 
     # Hydra returns the task's value only to a caller passing a config; the script exits 0.
     hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(train_task)()

@@ -88,12 +88,14 @@ def test_sampler_seeds_per_trial_are_reproducible_and_never_repeat():
     space = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "v": FloatDistribution(0.1, 0.5)}
 
     def sweeper(seed=0, sampler="tpe"):
-        return NeureconOptunaSweeper(SAMPLERS[sampler], "maximize", "s", None, 4, 1, seed, {})
+        return NeureconOptunaSweeper(
+            sampler=SAMPLERS[sampler], direction="maximize", study_name="s", n_trials=4, seed=seed
+        )
 
     def draw(study, w, n):
         out = []
         for _ in range(n):
-            t = w._ask(study, space)
+            t = w._ask(study, space, {})
             study.tell(t, t.params["v"])
             out.append(tuple(sorted(t.params.items())))
         return out
