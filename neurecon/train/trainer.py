@@ -5,6 +5,7 @@ model figures come from ``field.stats()``, side jobs are callbacks, the run's st
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -196,6 +197,9 @@ class Trainer:
 
     def _base_metrics(self, scene: Scene, status: str, error: str | None = None) -> dict[str, Any]:
         m: dict[str, Any] = {"status": status, "scene": scene.name, "steps": self.step}
+        # Which GPU this run had: a launcher that hands each trial its own (Ray) sets it.
+        m["device"] = str(self.device)
+        m["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         if error:
             m["error"] = error
         m.update(self.guard.counters())
