@@ -54,9 +54,11 @@ def parse_slurm_duration(text: str) -> float | None:
 
 
 def deadline_margin(time_left_s: float) -> float:
-    """Seconds kept back from a job's remaining time for what follows training (the final
-    validation, test views, mesh, metrics): 10 % of it, at least 20 s."""
-    return max(20.0, 0.1 * time_left_s)
+    """Seconds kept back from a job's remaining time for the process to end (squeue's rounding
+    to whole seconds, writing logs, Python exiting): 2 % of it, at least 10 s. The evaluation's
+    own time is reserved by the trainer, timed on the field
+    (:class:`~neurecon.eval.budget.EvalReserve`)."""
+    return max(10.0, 0.02 * time_left_s)
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,8 @@ class SlurmJob:
             margin = deadline_margin(self.time_left_s)
             at = now + max(self.time_left_s - margin, 1.0)
             log.info(
-                "SLURM job %s: %.0f s left; training stops %.0f s before the end "
-                "(trainer.max_time is unset)",
+                "SLURM job %s: %.0f s left; the run ends %.0f s before the job, training "
+                "early enough to evaluate (trainer.max_time is unset)",
                 self.job_id,
                 self.time_left_s,
                 margin,

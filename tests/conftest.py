@@ -49,9 +49,9 @@ TINY = [
 
 # The files that take longest (minutes on 2 cores) are handed out first: the two xdist workers
 # take a file each, and a long file started last would leave one worker finishing it alone.
-LONG_FILES = ("test_sweeps.py", "test_robustness.py", "test_train.py", "test_slurm.py",
-              "test_loader_fuzz.py", "test_sweeps_distributed.py", "test_prepare.py",
-              "test_logging.py")  # fmt: skip
+LONG_FILES = ("test_sweeper_compat.py", "test_sweeps.py", "test_robustness.py", "test_train.py",
+              "test_slurm.py", "test_loader_fuzz.py", "test_ray_launcher.py", "test_package.py",
+              "test_sweeps_distributed.py", "test_prepare.py", "test_logging.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -124,6 +124,7 @@ def test_sampled_rays_avoid_invalid_pixels(distorted_capture):
     assert (b.rgb < 1.0).any(dim=-1).all()
 
 
+@pytest.mark.slow  # an end-to-end smoke run; the undistortion itself is checked above
 def test_400_steps_on_the_distorted_capture_finish_with_a_finite_psnr(distorted_capture, tmp_path):
     root, _ = distorted_capture
     m = fit_on_files(

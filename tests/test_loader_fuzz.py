@@ -151,7 +151,7 @@ FORMATS = {
                    "sparse/0/images.bin", "sparse/0/points3D.bin"], None),
 }  # fmt: skip
 # COLMAP models are read in a child process first (about a second each): fewer examples.
-EXAMPLES = {"colmap": 25, "colmap_bin": 25}
+EXAMPLES = {"colmap": 15, "colmap_bin": 15}
 
 
 @pytest.fixture(scope="module")

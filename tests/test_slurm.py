@@ -46,10 +46,11 @@ def test_slurm_job_sets_a_deadline_and_resumes_after_a_requeue():
     now = 1000.0
     job = SlurmJob("7", restart_count=0, cpus_per_task=2, time_left_s=600.0)
     node = job.deadline_node({"max_time": None}, now)
-    assert node == {"_target_": "neurecon.train.callbacks.DeadlineCallback", "at": now + 540}
+    # The run ends 2 % before the job (the trainer keeps the evaluation's time from that).
+    assert node == {"_target_": "neurecon.train.callbacks.DeadlineCallback", "at": now + 588}
     assert job.trainer_overrides({"max_time": None, "resume": "never"}) == {}
     short = SlurmJob("7", time_left_s=50.0).deadline_node({"max_time": None}, now)
-    assert short["at"] == now + 30  # at least 20 s for the final evaluation
+    assert short["at"] == now + 40  # at least 10 s for the process to end
     # An explicit max_time wins (the deadline is only the signal's); a requeued job continues
     # from its checkpoint.
     requeued = SlurmJob("7", restart_count=1, time_left_s=600.0)
@@ -68,7 +69,9 @@ def test_trainer_stops_at_its_deadline_and_still_evaluates(tmp_path):
                            deadline]))  # fmt: skip
     m = r.trainer.fit(r.scene, r.field, r.renderer, r.optimizer, tmp_path)
     assert m["status"] == "time_limit" and 0 < m["steps"] < 100000
-    assert m["stop_reason"] == f"the job's time limit is near: stopped at step {m['steps']}"
+    assert m["stop_reason"].startswith(
+        f"the job's time limit is near: stopped at step {m['steps']} ("
+    ), m["stop_reason"]
     assert (tmp_path / "mesh.ply").is_file() and (tmp_path / "metrics.json").is_file()
     # the step that stopped training was checkpointed
     assert (tmp_path / "checkpoints" / f"step_{m['steps']:07d}.ckpt").is_file()

@@ -146,7 +146,14 @@ TRAIN_FAST = [o for o in TINY if not o.startswith(("logger=", "trainer.batch_ray
 ]
 
 
-@pytest.mark.parametrize("config", ["lightning_template_optuna", "lightning_template_optuna_v1"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "lightning_template_optuna",
+        # Its earlier search_space form: the same grammar, checked in the slow run.
+        pytest.param("lightning_template_optuna_v1", marks=pytest.mark.slow),
+    ],
+)
 def test_lightning_hydra_template_optuna_config_runs_through_train_py(tmp_path, config):
     """lightning-hydra-template's hparams_search file, adapted only in parameter names."""
     res = _run(

@@ -191,6 +191,7 @@ def test_parallel_workers_lose_and_repeat_nothing(tmp_path):
         assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # parallel trials through a launcher plugin: tests/test_ray_launcher.py
 def test_joblib_launcher_runs_trials_in_parallel(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     res = _sweep(

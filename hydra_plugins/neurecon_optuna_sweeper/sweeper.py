@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional  # noqa: UP035  (OmegaConf typing)
 
-import pandas as pd
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
@@ -53,9 +52,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from neurecon.atomic import atomic_write
-from neurecon.errors import ConfigError
-from neurecon.storage import TRIAL_STORAGE_ENV, open_storage, refuse_saved_password
+# neurecon (and with it torch), optuna and pandas are imported where used: Hydra's plugin scan
+# imports this module at the start of *every* Hydra app in the environment.
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +356,9 @@ class NeureconOptunaSweeper(Sweeper):
         return getattr(getattr(node, "func", node), "__name__", type(node).__name__)
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from neurecon.errors import ConfigError
+        from neurecon.storage import refuse_saved_password
+
         raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
         try:  # typed on the command line or in a file: Hydra saves it
             refuse_saved_password(raw, "hydra.sweeper.storage")
@@ -423,6 +424,8 @@ class NeureconOptunaSweeper(Sweeper):
             list(space), fixed,
         )  # fmt: skip
         if self.storage is not None:  # trials reach the study through their environment
+            from neurecon.storage import TRIAL_STORAGE_ENV
+
             os.environ[TRIAL_STORAGE_ENV] = str(self.storage)
         done = 0
         while done < self.n_trials:
@@ -479,6 +482,8 @@ class NeureconOptunaSweeper(Sweeper):
         import time
 
         import optuna
+
+        from neurecon.storage import open_storage
 
         seed = self.seed
         if seed is None and self._sampler_class() in SHARED_SEQUENCE:
@@ -553,6 +558,9 @@ class NeureconOptunaSweeper(Sweeper):
         return None
 
     def _summarise(self, study: Any) -> None:
+        import pandas as pd
+
+        from neurecon.atomic import atomic_write
         from neurecon.eval.tables import markdown_table
 
         trials = study.trials

@@ -102,6 +102,11 @@ class Callback:
         """After the optimizer step; True marks a broken parameter (the guard rolls back)."""
         return False
 
+    def deadline(self) -> float | None:
+        """The wall-clock time (``time.time()``) by which the whole run must have ended, or
+        None. The trainer stops training early enough to evaluate by the earliest one."""
+        return None
+
     def should_stop(self, ctx: FitContext) -> str | None:
         """After an applied step, before any ``on_step_end``: a reason to end training now (a
         deadline), or None. Asked once per step, so every ``on_step_end`` of that step sees the
@@ -217,13 +222,16 @@ class CheckpointCallback(Callback):
 
 @dataclass
 class DeadlineCallback(Callback):
-    """Ends training at a wall-clock time ``at`` (``time.time()`` seconds; inf: never), e.g. a
+    """The run ends by a wall-clock time ``at`` (``time.time()`` seconds; inf: never), e.g. a
     margin before a SLURM job's limit (:mod:`neurecon.cluster` adds it as
-    ``callbacks.deadline``, and its warning signal moves ``at`` to now). Unlike
-    ``trainer.max_time`` it ignores earlier sessions; the run then evaluates and ends
-    ``time_limit``."""
+    ``callbacks.deadline``, and its warning signal moves ``at`` to now). The trainer stops
+    training early enough for the evaluation to finish by then (:meth:`deadline`). Unlike
+    ``trainer.max_time`` it ignores earlier sessions; the run ends ``time_limit``."""
 
     at: float = math.inf
+
+    def deadline(self) -> float | None:
+        return self.at if math.isfinite(self.at) else None
 
     def should_stop(self, ctx: FitContext) -> str | None:
         if time.time() >= self.at:

@@ -5,6 +5,7 @@ model figures come from ``field.stats()``, side jobs are callbacks, the run's st
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from neurecon.data.scene import Scene
 from neurecon.device import resolve_device
 from neurecon.errors import ConfigError
 from neurecon.eval import EvalSettings, evaluate_run
+from neurecon.eval.budget import EvalReserve
 from neurecon.log import NoneLogger
 from neurecon.losses import LossTerm, default_terms, total_loss
 from neurecon.optim import OptimizerFactory
@@ -116,6 +118,7 @@ class Trainer:
         self.scaler: torch.amp.GradScaler | None = None  # fp16 only, built in fit
         self.compile, self.compiled, self.compile_s = bool(compile), False, 0.0
         self.step, self.train_time = 0, 0.0
+        self.reserve: EvalReserve | None = None  # a run under a deadline: evaluation's time
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -123,10 +126,26 @@ class Trainer:
         return _PRECISIONS[self.precision]
 
     def _time_up(self, state: TrainState) -> str | None:
-        """Why training ends now for time (``max_time`` spent, or a callback's deadline), or
-        None; asked once per step, before the step's ``on_step_end`` callbacks."""
-        if self.max_time is not None and state.elapsed >= self.max_time:
-            return f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
+        """Why training ends now for time, or None; asked once per step, before the step's
+        ``on_step_end`` callbacks. ``max_time`` and a callback's deadline bound the whole run:
+        training ends when what is left is what the evaluation will take
+        (:class:`~neurecon.eval.budget.EvalReserve`, timed on the current field)."""
+        left = math.inf if self.max_time is None else self.max_time - state.elapsed
+        deadlines = [d for cb in self.callbacks if (d := cb.deadline()) is not None]
+        if deadlines:
+            left = min(left, min(deadlines) - time.time())
+        if math.isfinite(left):
+            if self.reserve is None:
+                self.reserve = EvalReserve(self.scene, self.eval_settings)
+            kept = self.reserve.update(left, state.field, state.renderer, self.device)
+            if left <= kept:
+                by_max_time = self.max_time is not None and self.max_time - state.elapsed <= kept
+                what = (
+                    f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
+                    if by_max_time
+                    else f"the job's time limit is near: stopped at step {state.step}"
+                )
+                return f"{what} ({kept:.1f} s kept for the evaluation)"
         return next((r for r in (cb.should_stop(self.ctx) for cb in self.callbacks) if r), None)
 
     def fit(
@@ -174,6 +193,7 @@ class Trainer:
             self.history, callbacks=self.callbacks,
         )  # fmt: skip
         self.scene = scene
+        self.reserve = None
         try:
             self._train_loop(state, out)
         except TrainingDiverged as e:
@@ -200,6 +220,8 @@ class Trainer:
         # Which GPU this run had: a launcher that hands each trial its own (Ray) sets it.
         m["device"] = str(self.device)
         m["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if self.reserve is not None:  # compare with eval_time_s
+            m["eval_reserve_s"] = self.reserve.seconds
         if error:
             m["error"] = error
         m.update(self.guard.counters())
