@@ -35,6 +35,9 @@ from neurecon.train.lock import run_folder_lock
 from neurecon.train.state import TrainState
 
 log = logging.getLogger(__name__)
+# A run under a deadline keeps the evaluation's time back once this share of the time is left.
+RESERVE_AFTER = 0.5
+
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -119,6 +122,7 @@ class Trainer:
         self.compile, self.compiled, self.compile_s = bool(compile), False, 0.0
         self.step, self.train_time = 0, 0.0
         self.reserve: EvalReserve | None = None  # a run under a deadline: evaluation's time
+        self._left_at_start: float | None = None  # seconds to the deadline at the first step
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -135,9 +139,18 @@ class Trainer:
         if deadlines:
             left = min(left, min(deadlines) - time.time())
         if math.isfinite(left):
+            if self._left_at_start is None:
+                self._left_at_start = left
+            # An early field's evaluation is not the one that will run (an untrained field on
+            # DTU scan37 timed at 480-4600 s, the trained one took 104 s): the reserve applies
+            # once half of the time is spent.
+            if left > RESERVE_AFTER * self._left_at_start:
+                return self._callbacks_stop()
             if self.reserve is None:
                 self.reserve = EvalReserve(self.scene, self.eval_settings)
+            t = time.time()
             kept = self.reserve.update(left, state.field, state.renderer, self.device)
+            left -= time.time() - t  # a timing takes its share of the budget too
             if left <= kept:
                 by_max_time = self.max_time is not None and self.max_time - state.elapsed <= kept
                 what = (
@@ -146,6 +159,9 @@ class Trainer:
                     else f"the job's time limit is near: stopped at step {state.step}"
                 )
                 return f"{what} ({kept:.1f} s kept for the evaluation)"
+        return self._callbacks_stop()
+
+    def _callbacks_stop(self) -> str | None:
         return next((r for r in (cb.should_stop(self.ctx) for cb in self.callbacks) if r), None)
 
     def fit(
@@ -193,7 +209,7 @@ class Trainer:
             self.history, callbacks=self.callbacks,
         )  # fmt: skip
         self.scene = scene
-        self.reserve = None
+        self.reserve, self._left_at_start = None, None
         try:
             self._train_loop(state, out)
         except TrainingDiverged as e:
