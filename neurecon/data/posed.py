@@ -75,6 +75,15 @@ def focus_point(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
+def camera_sphere(c2w: np.ndarray, radius: float | None = None) -> tuple[np.ndarray, float]:
+    """The region of interest the cameras imply: centred at their :func:`focus_point`, of
+    ``radius`` or, when None, half the median camera distance from it. c2w (V, 4, 4)."""
+    centre = focus_point(c2w)
+    if radius is None:
+        radius = 0.5 * float(np.median(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1)))
+    return centre, float(radius)
+
+
 def robust_sphere(
     points: np.ndarray, quantile: float = 0.95, margin: float = 1.1, where: str = "sparse points"
 ):
@@ -320,10 +329,7 @@ class NGPScene(Scene):
             return _image_path(rootp, fr.get("file_path", "")), downscale, None, 1
 
         frames = read_frames(meta_path, meta, files, _ngp_distortion, background_color)
-        c2w = np.stack([f.c2w for f in frames])
-        centre = focus_point(c2w)
-        if radius is None:
-            radius = 0.5 * float(np.median(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1)))
+        centre, radius = camera_sphere(np.stack([f.c2w for f in frames]), radius)
         masks = _alpha_masks(frames)
         _posed_scene_init(
             self, frames, similarity(centre, radius), meta_path, test_every,
@@ -476,15 +482,11 @@ class NerfstudioScene(Scene):
             return img, img_down, mask, mask_down
 
         frames = read_frames(meta_path, meta, files, _ns_distortion, background_color)
-        c2w = np.stack([f.c2w for f in frames])
-        if radius is not None:
-            centre = focus_point(c2w)
-        elif meta.get("ply_file_path"):
+        if radius is None and meta.get("ply_file_path"):
             ply = rootp / str(meta["ply_file_path"])
             centre, radius = robust_sphere(read_ply_points(ply), inlier_quantile, margin, str(ply))
         else:
-            centre = focus_point(c2w)
-            radius = 0.5 * float(np.median(np.linalg.norm(c2w[:, :3, 3] - centre, axis=1)))
+            centre, radius = camera_sphere(np.stack([f.c2w for f in frames]), radius)
         files_masks = [f.mask for f in frames]
         masks, valid = None, None
         if use_mask:

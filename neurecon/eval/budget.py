@@ -24,9 +24,9 @@ from neurecon.data.cameras import pixel_rays
 from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
 
-# The sample's cost is a lower bound of the whole (chunking, metrics, writes): what is kept back
-# is SAFETY times the estimate, plus FIXED_S seconds for what does not scale (LPIPS, Chamfer's
-# nearest neighbours, pictures, metrics.json) and for the process to finish.
+# The sample times rendering and meshing only: what is kept back is SAFETY times the scaled
+# estimate, plus FIXED_S seconds for what does not scale (LPIPS, Chamfer's nearest neighbours,
+# pictures, metrics.json) and for the process to finish.
 SAFETY = 1.3
 FIXED_S = 1.0
 # Re-timed when this share of the time left at the first timing has passed (>= RETIME_MIN_S).
