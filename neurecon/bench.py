@@ -7,7 +7,9 @@ Prints a table (and ``--json FILE``) of:
 - training time until the mean test-view PSNR reaches ``--psnr-target`` on the run's scene
   (the built-in one by default; the bench's own validation renders are not counted);
 - peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) during training and
-  while validating one 1600×1200 view with the trained field, and their ratio.
+  while validating one 1600×1200 view with the trained field, and their ratio;
+- the end-of-run evaluation's test-view render time per megapixel (``--test-views``), with the
+  occupancy grid's occupied share and the share the masks' visual hull left it.
 
 Any config override works as for ``train.py`` (``encoder=hashgrid renderer.grid=null``). Targets
 are printed beside the figures; nothing here asserts.
@@ -240,6 +242,30 @@ def bench_validation(run, device: torch.device, width: int, height: int, rows: i
     }
 
 
+def bench_test_views(run, device: torch.device, views: int, es=None) -> dict[str, Any]:
+    """Render the scene's first ``views`` test views (0: all) with the trained field, as the
+    end-of-run evaluation does (its grid, its early termination): seconds per megapixel."""
+    es = es or run.trainer.eval_settings
+    ids = run.scene.test_ids.tolist()
+    ids = ids[:views] if views > 0 else ids
+    pixels = sum(int(run.scene.size(v)[0] * run.scene.size(v)[1]) for v in ids)
+    run.renderer.ensure_grid(run.field)
+    t0 = time.perf_counter()
+    for v in ids:
+        _, es.chunk = render_view(run.scene, run.field, run.renderer, v, es.chunk, es.device)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    grid = getattr(run.renderer, "grid", None)
+    return {
+        "test_views": len(ids),
+        "test_mpix": pixels / 1e6,
+        "test_render_s": dt,
+        "test_s_per_mpix": dt / max(pixels / 1e6, 1e-12),
+        "grid_occupied": None if grid is None else float(grid.binary.float().mean()),
+        "grid_hull": None if grid is None else float(grid.hull.float().mean()),
+    }
+
+
 # What only a GPU can check, beside the ``cuda``-marked tests: the hash grid's kernel table
 # (compiled Triton against PyTorch on CUDA tensors; on a CPU it runs under the interpreter) and
 # nerfacc's probe against its real estimator.
@@ -449,6 +475,36 @@ def bench_dtu(n_points: int) -> dict[str, Any]:
     }
 
 
+def bench_run(args: argparse.Namespace) -> int:
+    """``--run DIR``: the test-view render time of a trained run folder (its newest checkpoint,
+    loaded as evaluate.py loads it), optionally with its grid carved first (``--carve``)."""
+    from neurecon.runs import load_trained_run
+
+    try:
+        run, settings, step, _ = load_trained_run(args.run)
+        grid = getattr(run.renderer, "grid", None)
+        if args.carve:
+            hull = run.scene.visual_hull()
+            if grid is None or hull is None:
+                raise ConfigError(f"--carve: {args.run} has no occupancy grid or no masks")
+            grid.carve(hull)
+        res = {"run": str(args.run), "step": step, "carved": bool(args.carve)}
+        res.update(bench_test_views(run, settings.device, args.test_views, settings))
+    except (NeuReconError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.run} (step {step}{', carved here' if args.carve else ''}): "
+        f"{res['test_views']} test views, {res['test_mpix']:.2f} MP in {res['test_render_s']:.1f} s"
+        f" = {res['test_s_per_mpix']:.0f} s/MP"
+        + ("" if res["grid_occupied"] is None else
+           f"; grid {res['grid_occupied']:.1%} occupied, {res['grid_hull']:.1%} in the hull")
+    )  # fmt: skip
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
 def _fmt(v: Any, unit: str = "") -> str:
     if v is None:
         return "not reached"
@@ -494,6 +550,14 @@ def report(res: dict[str, Any]) -> str:
         ),
         ("validation / training peak", f"{ratio:.2f}x", "<= 1.2x"),
     ]
+    if "test_s_per_mpix" in res:
+        grid = "" if res.get("grid_occupied") is None else (
+            f"; grid {res['grid_occupied']:.0%} occupied, {res['grid_hull']:.0%} in the hull"
+        )  # fmt: skip
+        rows.append((
+            f"test-view render ({res['test_views']} views, {res['test_mpix']:.2f} MP)",
+            f"{_fmt(res['test_s_per_mpix'], ' s/MP')}{grid}", "",
+        ))  # fmt: skip
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{w0}}  {'value':<{w1}}  target", "-" * (w0 + w1 + 12)]
@@ -514,6 +578,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=32768, help="points for the field benchmark")
     ap.add_argument("--val-size", default="1600x1200", help="WIDTHxHEIGHT of the validation view")
     ap.add_argument("--val-rows", type=int, default=0, help="render only the central rows (0: all)")
+    ap.add_argument(
+        "--test-views", type=int, default=1,
+        help="time this many of the scene's test views, s per megapixel (0: all; -1: off)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--run",
+        type=Path,
+        help="time the test views of this trained run folder instead (no training)",
+    )
+    ap.add_argument(
+        "--carve", action="store_true",
+        help="with --run: carve its grid by the scene's masks first (a run saved uncarved)",
+    )  # fmt: skip
     ap.add_argument("--suite", choices=("speed", "gpu", "dtu"), default="speed")
     ap.add_argument("--dtu-points", type=int, default=5_000_000, help="--suite dtu: GT points")
     ap.add_argument("--data", help="--suite gpu: a DTU scan folder in the NeuS format")
@@ -535,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {Path(args.out) / 'gpu_suite.json'}")
         failed = [t for t, o in res.get("cuda_tests", {}).items() if o in ("FAILED", "ERROR")]
         return 1 if failed or res["status"] not in ("completed", "time_limit") else 0
+    if args.run:
+        return bench_run(args)
     if args.suite == "dtu":
         res = bench_dtu(args.dtu_points)
         for k, v in res.items():
@@ -563,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         res.update(bench_training(run, device, args.psnr_target, args.budget, args.check_every))
         res["compile_s"] = run.trainer.compile_s if run.trainer.compiled else None
         res.update(bench_validation(run, device, width, height, args.val_rows or height))
+        if args.test_views >= 0:
+            res.update(bench_test_views(run, device, args.test_views))
     except (NeuReconError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,14 +17,15 @@ import typing
 from hydra.core.config_store import ConfigStore
 
 from neurecon.eval.settings import EvalConfig
-from neurecon.losses import ColorLoss, EikonalLoss, MaskLoss
+from neurecon.losses import ColorLoss, EikonalLoss, FreeSpaceLoss, MaskLoss
 from neurecon.metrics.nodes import LPIPS, PSNR, SSIM, Chamfer, DTUChamfer, ObjectPSNR, PhotoPSNR
 from neurecon.train.callbacks import CheckpointCallback, LogCallback, ValidationCallback
 from neurecon.train.guard import GuardSettings
 
 TYPED = "typed"  # the option name the YAML defaults lists use
 # The built-in loss terms: conf/loss/default.yaml's node names.
-LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss}
+LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss,
+              "free_space": FreeSpaceLoss}  # fmt: skip
 # The built-in metrics: conf/eval/default.yaml's node names under metrics.
 METRICS = {"psnr": PSNR, "psnr_masked": ObjectPSNR, "psnr_photo": PhotoPSNR, "ssim": SSIM,
            "lpips": LPIPS, "chamfer": Chamfer, "dtu": DTUChamfer}  # fmt: skip

@@ -37,3 +37,29 @@ def test_gpu_suite_refuses_a_cpu_without_allow_cpu(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr
+
+
+def test_the_bench_times_a_run_s_test_views_carved_and_not(tmp_path):
+    """``--run DIR``: the end-of-run test-view render time per megapixel of a saved run; with
+    ``--carve`` its (uncarved) grid is carved by the masks first, and the figures say so."""
+    from conftest import TINY, trained_run_folder
+
+    run = tmp_path / "run"
+    overrides = ["trainer.max_steps=20", "eval.mesh_resolution=0", "renderer.grid.carve=false",
+                 "renderer.grid.carve_dilate_px=1"]  # fmt: skip
+    trained_run_folder(run, [*TINY, *overrides])
+    figs = {}
+    for carve in (False, True):
+        out = tmp_path / f"bench_{carve}.json"
+        res = subprocess.run(
+            [sys.executable, "-m", "neurecon.bench", "--run", str(run), "--test-views", "1",
+             "--json", str(out), *["--carve"] * carve],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "s/MP" in res.stdout
+        figs[carve] = json.loads(out.read_text())
+    for f in figs.values():
+        assert f["test_views"] == 1 and f["test_mpix"] == 32 * 32 / 1e6 and f["test_s_per_mpix"] > 0
+    assert figs[False]["grid_hull"] == 1.0 and figs[True]["grid_hull"] < 0.5
+    assert figs[True]["grid_occupied"] <= figs[True]["grid_hull"]

@@ -51,7 +51,13 @@ def test_a_new_term_is_one_file_and_one_yaml_node(tmp_path, monkeypatch):
                        "callbacks.log.every=10", f"hydra.searchpath=[file://{tmp_path}]",
                        "experiment=normals"])  # fmt: skip
     run = build(cfg)
-    assert list(run.trainer.loss_terms) == ["color", "eikonal", "mask", "normal_consistency"]
+    assert list(run.trainer.loss_terms) == [
+        "color",
+        "eikonal",
+        "mask",
+        "free_space",
+        "normal_consistency",
+    ]
     m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "run")
     assert m["status"] == "completed"
     for row in run.trainer.history:  # logged, and part of the total the optimiser saw
@@ -78,7 +84,7 @@ def test_a_renderer_contributes_terms_of_its_own(tmp_path):
 
 def test_terms_are_dropped_weighted_and_scheduled_from_the_command_line():
     terms = loss_terms(compose_cfg(["~loss.mask", "loss.eikonal.warmup_steps=100"]))
-    assert list(terms) == ["color", "eikonal"]
+    assert list(terms) == ["color", "eikonal", "free_space"]
     eik = terms["eikonal"]
     assert [eik.weight_at(s) for s in (0, 50, 100, 500)] == pytest.approx([0, 0.05, 0.1, 0.1])
     with pytest.raises(ConfigCompositionException, match="warmup_step"):

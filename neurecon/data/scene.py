@@ -12,6 +12,7 @@ from torch import Tensor
 
 from neurecon.data import rays
 from neurecon.data.rays import RayBatch
+from neurecon.geometry.hull import VisualHull
 
 
 def _as_list(arrays: np.ndarray | Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
@@ -223,11 +224,25 @@ class Scene:
         """(H, W) bool: pixels with source data; None when all are valid."""
         return None if self.valid is None else self._view(self.valid, view)[..., 0].numpy()
 
+    def projections(self) -> np.ndarray:
+        """(V, 3, 4) projections of normalised-frame points to pixels (``K [R|t]``)."""
+        w2c = np.linalg.inv(self.c2w.double().numpy())
+        return np.einsum("vij,vjk->vik", self.K.double().numpy(), w2c[:, :3])
+
+    def visual_hull(self, world: bool = False) -> VisualHull | None:
+        """The training masks' visual hull, for points of the normalised frame (``world``:
+        the world frame); dilations in photo pixels (the full-size photos); None without
+        masks."""
+        if self.masks is None:
+            return None
+        train = self.train_ids.tolist()
+        P = self.world_projections() if world else self.projections()
+        scale = 1.0 / float(getattr(self, "downscale", 1) or 1)
+        return VisualHull(P[train], [self.mask(v) for v in train], px_scale=scale)
+
     def world_projections(self) -> np.ndarray:
         """(V, 3, 4) projections of WORLD points to pixels (``K [R|t] to_world⁻¹``)."""
-        w2c = np.linalg.inv(self.c2w.double().numpy())  # normalised frame → camera
-        P = np.einsum("vij,vjk->vik", self.K.double().numpy(), w2c[:, :3])
-        return P @ np.linalg.inv(self.to_world)
+        return self.projections() @ np.linalg.inv(self.to_world)
 
     def to_world_points(self, pts: np.ndarray) -> np.ndarray:
         """(N, 3) normalised-frame points → world frame."""

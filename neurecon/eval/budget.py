@@ -159,6 +159,7 @@ class EvalReserve:
         self.cost: EvalCost | None = None
         self._timed_at: float | None = None
         self._interval = RETIME_MIN_S
+        self.timings = 0  # how many times the sample was timed
 
     def update(
         self, time_left_s: float, field: nn.Module, renderer: nn.Module, device: torch.device
@@ -172,5 +173,6 @@ class EvalReserve:
                 self.scene, field, renderer, device, mesh_resolution=self.mesh_resolution
             )
             self.seconds = self.cost.seconds(self.work)
+            self.timings += 1
             self._timed_at = time.monotonic()  # the timing itself is not an interval's
         return self.seconds

@@ -13,6 +13,7 @@ from neurecon.data.scene import Scene
 from neurecon.errors import MeshExtractionError
 from neurecon.eval.outputs import MeshOptions, export_mesh, write_mesh
 from neurecon.eval.settings import EvalSettings
+from neurecon.geometry.clean import clean_by_hull
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,21 @@ def mesh_metrics(
     except MeshExtractionError as e:
         log.error("mesh extraction: %s", e)
         return {"mesh_error": str(e)}, None
+    res: dict[str, Any] = {"mesh": "mesh.ply"}
+    hull = scene.visual_hull(world=True)
+    if hull is not None:  # floaters: the share of vertices some view puts outside its mask
+        outside = hull.outside(mesh.vertices, settings.hull_dilate_px)
+        res["mesh/outside_hull_raw"] = float(outside.mean()) if len(outside) else 0.0
+        if settings.clean_mesh and settings.use_mask is not False:
+            write_mesh(mesh, out / "mesh_raw.ply")
+            res.update({"mesh_raw": "mesh_raw.ply", "mesh/vertices_raw": len(mesh.vertices)})
+            mesh = clean_by_hull(mesh, outside, settings.min_component)
+            if not len(mesh.faces):
+                return {**res, "mesh_error": "no face of the mesh is inside the masks"}, None
+        after = hull.outside(mesh.vertices, settings.hull_dilate_px)
+        res["mesh/outside_hull"] = float(after.mean()) if len(after) else 0.0
     write_mesh(mesh, out / "mesh.ply")
-    res: dict[str, Any] = {"mesh": "mesh.ply", "mesh/vertices": len(mesh.vertices)}
+    res["mesh/vertices"] = len(mesh.vertices)
     for metric in settings.mesh_metrics():
         res.update(metric.compute(scene, mesh, settings.seed))
     return res, mesh

@@ -51,7 +51,13 @@ def evaluate_run(
     ``metrics`` and written to ``out/metrics.json``. A field without a usable surface turns the
     status into ``degenerate``. ``logger`` (optional) receives the mesh."""
     out = Path(out)
-    for name in ("test/view.png", "mesh.ply", "mesh.png", "metrics.json"):  # before any work
+    for name in (
+        "test/view.png",
+        "mesh.ply",
+        "mesh_raw.ply",
+        "mesh.png",
+        "metrics.json",
+    ):  # before any work
         check_inside(out / name)
     metrics = dict(metrics or {"status": "completed", "scene": scene.name})
     t0 = time.time()

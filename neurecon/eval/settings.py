@@ -21,11 +21,18 @@ class EvalConfig:
     ``chunk``: rays per rendering chunk (halves on out-of-memory and stays so);
     ``mesh_resolution``: the end-of-run mesh's marching-cubes grid (0: no mesh);
     ``video_frames``: > 0, a turntable video of that many frames; ``metrics``: the metric nodes
-    by name (:mod:`neurecon.metrics.nodes`), each a ``_target_``."""
+    by name (:mod:`neurecon.metrics.nodes`), each a ``_target_``;
+    ``clean_mesh``: a run trained with masks keeps, in ``mesh.ply``, only the faces inside the
+    masks' visual hull (dilated by ``hull_dilate_px`` pixels of the full-size photos) and the
+    connected components with at least ``min_component`` of the largest one's faces; the
+    extracted mesh is kept beside it as ``mesh_raw.ply``."""
 
     chunk: int = 2048
     mesh_resolution: int = 128
     video_frames: int = 0
+    clean_mesh: bool = True
+    hull_dilate_px: float = 12.0
+    min_component: float = 0.05
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,6 +58,8 @@ class EvalSettings(EvalConfig):
                 raise ConfigError(f"eval.metrics.{name}: {type(m).__name__} is not a Metric")
         self.chunk, self.mesh_resolution = int(self.chunk), int(self.mesh_resolution or 0)
         self.video_frames = int(self.video_frames or 0)
+        if not 0.0 <= float(self.min_component) <= 1.0 or float(self.hull_dilate_px) < 0:
+            raise ConfigError("eval: need 0 <= min_component <= 1 and hull_dilate_px >= 0")
 
     def view_metrics(self, validation: bool = False) -> list[ViewMetric]:
         """The per-view metrics (at validation: those with ``at_validation``)."""

@@ -40,6 +40,9 @@ def run_summary(
     for label, key in (("mesh", "mesh"), ("picture", "mesh_picture"), ("video", "video")):
         if m.get(key):
             detail = f"  ({m['mesh/vertices']:,} vertices)" if key == "mesh" else ""
+            if key == "mesh" and "mesh/outside_hull_raw" in m and m.get("mesh_raw"):
+                detail += (f"; cleaned: {m['mesh/outside_hull_raw']:.1%} of the raw mesh's "
+                           f"vertices outside the masks' hull ({m['mesh_raw']})")  # fmt: skip
             lines.append(f"  {label + ':':9s}{out / m[key]}{detail}")
     lines.append(f"  {'metrics:':9s}{out / 'metrics.json'}")
     return "\n".join(lines)

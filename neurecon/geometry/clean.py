@@ -20,6 +20,16 @@ def keep_largest(mesh: trimesh.Trimesh, min_fraction: float | None = None) -> tr
     return submesh(mesh, keep)
 
 
+def clean_by_hull(
+    mesh: trimesh.Trimesh, outside: np.ndarray, min_fraction: float | None
+) -> trimesh.Trimesh:
+    """The faces whose three vertices are inside the visual hull (``outside`` (V,) bool per
+    vertex, :class:`~neurecon.geometry.hull.VisualHull`), then :func:`keep_largest` with
+    ``min_fraction``. Colours are kept."""
+    kept = submesh(mesh, ~np.asarray(outside, bool)[mesh.faces].any(axis=1))
+    return keep_largest(kept, min_fraction) if len(kept.faces) else kept
+
+
 def submesh(mesh: trimesh.Trimesh, face_keep: np.ndarray) -> trimesh.Trimesh:
     """The faces ``face_keep`` (F,) bool, unreferenced vertices dropped, vertex colours kept."""
     faces = np.asarray(mesh.faces)[face_keep]

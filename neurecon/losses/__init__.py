@@ -8,6 +8,7 @@ from neurecon.losses.functional import color_loss, mask_loss
 from neurecon.losses.terms import (
     ColorLoss,
     EikonalLoss,
+    FreeSpaceLoss,
     LossTerm,
     MaskLoss,
     default_terms,
@@ -17,6 +18,7 @@ from neurecon.losses.terms import (
 __all__ = [
     "ColorLoss",
     "EikonalLoss",
+    "FreeSpaceLoss",
     "LossTerm",
     "MaskLoss",
     "color_loss",

@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import scipy.io
 import trimesh
-from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
-from skimage.morphology import disk
 from tqdm import tqdm
 
 from neurecon.errors import ConfigError, DatasetError
+from neurecon.geometry.hull import VisualHull
 
 
 @dataclass(frozen=True)
@@ -87,24 +86,9 @@ def cull_by_masks(
             sequence of per-view (H_i, W_i) masks).
         dilate: the disk's radius in pixels of these masks (0: the masks as they are).
     """
-    verts = np.c_[mesh.vertices, np.ones(len(mesh.vertices))]
-    keep = np.ones(len(verts), dtype=bool)
-    radius = round(dilate)
-    foot = disk(radius).astype(bool) if radius > 0 else None
-    for P, m in zip(world_mats, masks, strict=True):
-        H, W = m.shape
-        m = binary_dilation(np.asarray(m, bool), structure=foot) if foot is not None else m
-        p = verts @ np.asarray(P)[:3].T
-        z = p[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u, v = p[:, 0] / z, p[:, 1] / z
-        visible = (z > 0) & np.isfinite(u) & np.isfinite(v)
-        u = np.round(np.where(visible, u, -1)).astype(np.int64)
-        v = np.round(np.where(visible, v, -1)).astype(np.int64)
-        visible &= (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        inside = np.zeros(len(verts), dtype=bool)
-        inside[visible] = m[v[visible], u[visible]]
-        keep &= inside | ~visible
+    # The disk of radius round(dilate) (scikit-image's disk, as the papers' scripts dilate).
+    hull = VisualHull(world_mats, masks)
+    keep = ~hull.outside(np.asarray(mesh.vertices), dilate_px=round(dilate))
     faces = mesh.faces[keep[mesh.faces].all(axis=1)]
     return trimesh.Trimesh(mesh.vertices, faces, process=False).copy()
 

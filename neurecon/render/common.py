@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from neurecon.data.cameras import sphere_near_far
+from neurecon.geometry.hull import VisualHull
 from neurecon.render.occupancy import OccupancyGrid, eval_chunked
 from neurecon.render.volrend import density_alpha, packed_transmittance, render_weights_from_alpha
 
@@ -139,11 +140,17 @@ class SphereRenderer(nn.Module):
         if self.grid is not None and field is not None:
             self._refresh_grid(step, field)
 
-    def setup(self, device: torch.device) -> None:
+    def setup(
+        self, device: torch.device, hull: Callable[[], VisualHull | None] | None = None
+    ) -> None:
         """Called once before training or rendering on ``device``: resolves (and proves) the
-        grid's marching backend, so a first-use kernel build is not timed as training."""
+        grid's marching backend, so a first-use kernel build is not timed as training.
+        ``hull``: makes the training masks' visual hull (None without masks), for a run
+        trained with masks: the grid is carved by it when ``grid.carve`` says so."""
         if self.grid is not None:
             self.grid.resolve_backend(device)
+            if hull is not None and self.grid.carve_enabled and (h := hull()) is not None:
+                self.grid.carve(h)
 
     def ensure_grid(self, field: nn.Module) -> None:
         """Refresh a grid that has never seen the field (e.g. one loaded without grid state)."""

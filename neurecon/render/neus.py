@@ -18,6 +18,7 @@ from neurecon.render.common import RenderOutput, SphereRenderer
 from neurecon.render.occupancy import OccupancyGrid, eval_chunked
 from neurecon.render.volrend import (
     accumulate,
+    carved_violation,
     neus_alpha,
     packed_transmittance,
     packed_weights,
@@ -153,6 +154,7 @@ class NeuSRenderer(SphereRenderer):
         dirs = d[ray]
         pts = o[ray] + dirs * mid[:, None]
         n = pts.shape[0]
+        extras: dict[str, Tensor] = {}
         if torch.is_grad_enabled() and self.n_eikonal > 0:
             # The eikonal term's random points ride in the samples' field call: a backward pass
             # through the hash grid costs per call as well as per point (its table's gradient
@@ -163,6 +165,8 @@ class NeuSRenderer(SphereRenderer):
             )
             out = SDFOutput(sdf=both.sdf[:n], gradient=both.gradient[:n], color=both.color[:n])
             eik = (both.gradient.norm(dim=-1) - 1.0) ** 2  # samples, then the random points
+            if self.grid.carved:  # the random points in carved space must be outside (f > 0)
+                extras["free_space"] = carved_violation(both.sdf[n:], ~self.grid.in_hull(xe))
         else:
             out = self._eval_packed(field, pts, dirs)
             eik = (out.gradient.norm(dim=-1) - 1.0) ** 2
@@ -176,7 +180,7 @@ class NeuSRenderer(SphereRenderer):
             normal=accumulate(w[:, None] * normal, ray, B),
             eikonal=eik.mean() if eik.numel() else None,
             num_samples=int(ray.numel()),
-            extras={"inv_s": inv_s.detach()},
+            extras={"inv_s": inv_s.detach(), **extras},
         )
 
     @torch.no_grad()

@@ -23,12 +23,15 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from neurecon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from neurecon.geometry.hull import VisualHull
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "nerfacc")
@@ -139,6 +142,10 @@ class OccupancyGrid(nn.Module):
         eval_chunk: when rendering without gradients, the field sees at most this many samples
             at a time (bounds validation memory near a training step's).
         backend: ``auto`` | ``torch`` | ``nerfacc``.
+        carve: before training on masked views, empty the cells outside the masks' visual
+            hull for good (:meth:`carve`): no sample, no refresh, no floater there.
+        carve_dilate_px: the masks' dilation for carving, in photo pixels (full-size photos;
+            it forgives mask errors and calibration).
     """
 
     def __init__(
@@ -152,6 +159,8 @@ class OccupancyGrid(nn.Module):
         early_stop_eps: float = 1e-4,
         eval_chunk: int = 32768,
         backend: str = "auto",
+        carve: bool = False,
+        carve_dilate_px: float = 12.0,
     ) -> None:
         super().__init__()
         if resolution < 2 or n_steps < 2 or update_every < 1:
@@ -165,10 +174,16 @@ class OccupancyGrid(nn.Module):
         self.update_every, self.threshold = update_every, threshold
         self.ema_decay, self.warmup_steps, self.backend = ema_decay, warmup_steps, backend
         self.early_stop_eps, self.eval_chunk = float(early_stop_eps), max(int(eval_chunk), 1)
+        self.carve_enabled, self.carve_dilate_px = bool(carve), float(carve_dilate_px)
         R = resolution
         # No refresh yet: every cell is marched (binary), none has a value (occs).
         self.register_buffer("occs", torch.zeros(R, R, R))
         self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool))
+        # The cells the masks' visual hull allows (all until carved; saved: a resumed or
+        # evaluated run keeps its carving).
+        self.register_buffer("hull", torch.ones(R, R, R, dtype=torch.bool))
+        self._hull_cells: tuple[tuple[int, int], Tensor] | None = None
+        self.carved = False  # known on the host: a step asks it without a device sync
         # nerfacc.OccGridEstimator, built lazily on CUDA. A one-element list, not an attribute:
         # nn.Module would register it as a submodule and its buffers would enter state_dict.
         self._estimator: list[nn.Module] = []
@@ -185,7 +200,37 @@ class OccupancyGrid(nn.Module):
         # Checkpoints written before the estimator was kept out of the tree carry its buffers.
         for k in [k for k in state_dict if k.startswith(prefix + "_estimator.")]:
             del state_dict[k]
+        if prefix + "binary" in state_dict and prefix + "hull" not in state_dict:
+            state_dict[prefix + "hull"] = torch.ones_like(state_dict[prefix + "binary"])  # older
+        if prefix + "hull" in state_dict:
+            self.carved = not bool(state_dict[prefix + "hull"].all())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ carving
+    @torch.no_grad()
+    def carve(self, hull: VisualHull) -> float:
+        """Empty, for good, the cells the masks' ``hull`` (its projections take points of the
+        grid's frame) has outside: a cell is kept when its ball (centre, ``cell_radius``) can
+        reach the dilated mask of every view that sees it. Returns the share of cells kept."""
+        R = self.resolution
+        centres = self.cell_centres(torch.arange(R**3), jitter=False).numpy()
+        out = hull.outside(centres, self.carve_dilate_px, extent=self.cell_radius)
+        keep = torch.from_numpy(~out).reshape(R, R, R).to(self.hull.device)
+        self.hull.copy_(keep)
+        self.binary &= self.hull
+        self.carved = not bool(keep.all())
+        kept = float(keep.float().mean())
+        log.info(
+            "occupancy grid carved by the masks' visual hull: %.1f %% of cells kept", 100 * kept
+        )
+        return kept
+
+    def hull_cells(self) -> Tensor:
+        """(M,) flat indices of the cells inside the hull (cached until ``hull`` changes)."""
+        key = (self.hull.data_ptr(), self.hull._version)
+        if self._hull_cells is None or self._hull_cells[0] != key:
+            self._hull_cells = (key, self.hull.flatten().nonzero()[:, 0])
+        return self._hull_cells[1]
 
     # ------------------------------------------------------------------ grid refresh
     @property
@@ -219,27 +264,34 @@ class OccupancyGrid(nn.Module):
         n = self.resolution**3
         dev = self.occs.device
         if step < self.warmup_steps:
-            idx = torch.arange(n, device=dev)
-        else:  # the occupied cells and a random quarter, sorted, each once
+            idx = self.hull_cells()  # every cell the carving left (cached: no host sync)
+        else:  # the occupied cells and a random quarter of the hull's, sorted, each once
             pick = self.binary.flatten().clone()
             pick[torch.randint(0, n, (n // 4,), device=dev)] = True
-            idx = pick.nonzero()[:, 0]  # the refresh's one host sync: how many cells
+            idx = (pick & self.hull.flatten()).nonzero()[:, 0]  # the refresh's one host sync
         flat = self.occs.view(-1)
         new = torch.cat([occ_fn(self.cell_centres(c, jitter)).float() for c in idx.split(chunk)])
         new = torch.nan_to_num(new, nan=1.0)  # a NaN field must not hide space
         flat[idx] = torch.maximum(flat[idx] * self.ema_decay, new)
         # min(threshold, mean) on the device; a threshold of 0 (an all-zero grid) keeps all.
         thre = flat.mean().clamp(max=self.threshold)
-        self.binary.copy_((self.occs > thre) | (thre <= 0))
+        self.binary.copy_(((self.occs > thre) | (thre <= 0)) & self.hull)
         return True
 
     def occupied(self, x: Tensor) -> Tensor:
         """(..., 3) points → (...) bool; points outside the cube are empty."""
+        return self._lookup(self.binary, x)
+
+    def in_hull(self, x: Tensor) -> Tensor:
+        """(..., 3) points → (...) bool: in a cell the carving kept (outside the cube: False)."""
+        return self._lookup(self.hull, x)
+
+    def _lookup(self, cells: Tensor, x: Tensor) -> Tensor:
         R = self.resolution
         ijk = ((x + 1.0) * 0.5 * R).floor().long()
         inside = ((ijk >= 0) & (ijk < R)).all(-1)
         ijk = ijk.clamp(0, R - 1)
-        return self.binary[ijk[..., 0], ijk[..., 1], ijk[..., 2]] & inside
+        return cells[ijk[..., 0], ijk[..., 1], ijk[..., 2]] & inside
 
     # ------------------------------------------------------------------ marching
     def _warn_once(self, msg: str, *args: Any) -> None:

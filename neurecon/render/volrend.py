@@ -97,3 +97,11 @@ def stratified(near: Tensor, far: Tensor, n: int, perturb: bool) -> Tensor:
         step = (far - near)[:, None] / n
         z = z + (torch.rand_like(z) - 0.5) * step
     return z
+
+
+def carved_violation(sdf: Tensor, carved: Tensor) -> Tensor:
+    """Mean ``relu(−sdf)`` (N,) over the points ``carved`` (N,) bool, known to be empty space
+    (0 when there is none); the mean over carved points without boolean indexing, whose
+    data-dependent size would make the host wait for the device."""
+    c = carved.to(sdf.dtype)
+    return (torch.relu(-sdf.reshape(-1)) * c).sum() / c.sum().clamp_min(1.0)

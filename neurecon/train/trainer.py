@@ -152,6 +152,13 @@ class Trainer:
             kept = self.reserve.update(left, state.field, state.renderer, self.device)
             left -= time.time() - t  # a timing takes its share of the budget too
             if left <= kept:
+                if kept > left + 1.0 and self.reserve.timings == 1:  # the very first timing
+                    log.warning(
+                        "the evaluation is estimated at %.0f s on the current field, more than "
+                        "the %.0f s left: the run will end about %.0f s after its deadline "
+                        "(dataset.test_every and eval.mesh_resolution set the evaluation's work)",
+                        kept, left, kept - left,
+                    )  # fmt: skip
                 by_max_time = self.max_time is not None and self.max_time - state.elapsed <= kept
                 what = (
                     f"trainer.max_time={self.max_time:g}s reached at step {state.step}"
@@ -194,7 +201,9 @@ class Trainer:
         field.to(self.device)
         renderer.to(self.device)
         self.compiled = self.compile and compile_field(field)
-        renderer.setup(self.device)  # may build CUDA kernels: before the training clock starts
+        # May build CUDA kernels (before the training clock starts); a masked run's grid is
+        # carved by the masks' visual hull (a resumed run restores its carved grid below).
+        renderer.setup(self.device, scene.visual_hull if self.use_mask is not False else None)
         opt, sched = optimizer.build(field, self.max_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         state = TrainState(field, renderer, opt, sched, gen, self.scaler, self.guard)
