@@ -3,8 +3,9 @@
 ``trainer.max_time`` and a SLURM job's limit bound the *whole* run: training stops once the time
 left is what the test views and the mesh will take. That reserve is estimated on the current
 field by timing a sample of the same work (:func:`time_eval_sample`: runs of test-view pixels
-through the renderer, the mesh extraction at half its resolution) and scaling it by the work the
-evaluation will do (:func:`eval_work`). The trainer starts timing once half of the time is left
+through the renderer, the mesh extraction at half its resolution and, on a masked scene, the
+visual-hull test and cleaning of that coarse mesh) and scaling it by the work the evaluation
+will do (:func:`eval_work`). The trainer starts timing once half of the time is left
 (an early field's evaluation is not the one that will run) and re-times it as training goes on,
 since a field's cost changes as it converges (an occupancy grid empties, a hash grid's levels
 switch on). The estimate errs on the slow side: 1.5-2.5x the real evaluation where measured.
@@ -18,15 +19,18 @@ import time
 from dataclasses import dataclass
 
 import torch
+import trimesh
 from torch import nn
 
 from neurecon.data.cameras import pixel_rays
 from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
+from neurecon.geometry.clean import clean_by_hull
+from neurecon.geometry.hull import VisualHull
 
-# The sample times rendering and meshing only: what is kept back is SAFETY times the scaled
-# estimate, plus FIXED_S seconds for what does not scale (LPIPS, Chamfer's nearest neighbours,
-# pictures, metrics.json) and for the process to finish.
+# The sample times rendering, meshing and the mesh's cleaning and picture: what is kept back is
+# SAFETY times the scaled estimate, plus FIXED_S seconds for what is not timed (LPIPS, Chamfer's
+# nearest neighbours, metrics.json) and for the process to finish.
 SAFETY = 1.3
 FIXED_S = 1.0
 # Re-timed when this share of the time left at the first timing has passed (>= RETIME_MIN_S).
@@ -44,14 +48,17 @@ class EvalWork:
 
 @dataclass(frozen=True)
 class EvalCost:
-    """Seconds per unit of work, timed on the current field."""
+    """Seconds per unit of work, timed on the current field; ``s_after_mesh``: seconds of what
+    follows the full-resolution mesh's extraction (the visual-hull test and cleaning, the
+    picture), already scaled: that grows with the surface's vertices, not the grid's points."""
 
     s_per_ray: float
     s_per_point: float
+    s_after_mesh: float = 0.0
 
     def seconds(self, work: EvalWork) -> float:
         """The reserve for ``work``: the scaled sample, with :data:`SAFETY` and :data:`FIXED_S`."""
-        scaled = self.s_per_ray * work.rays + self.s_per_point * work.points
+        scaled = self.s_per_ray * work.rays + self.s_per_point * work.points + self.s_after_mesh
         return SAFETY * scaled + FIXED_S
 
 
@@ -79,11 +86,16 @@ def time_eval_sample(
     rays: int = 2048,
     mesh_resolution: int = 256,
     seed: int = 0,
+    hull: VisualHull | None = None,
+    settings: EvalSettings | None = None,
 ) -> EvalCost:
     """Time ``rays`` rays of the first test view (runs of consecutive pixels) through
     ``renderer``, and the mesh extraction at half of ``mesh_resolution`` (0: no mesh), in eval
     mode and with the occupancy grid as the evaluation runs them (modes are restored).
-    Returns seconds per ray and per grid point.
+    Then what follows on the coarse mesh: with the scene's visual ``hull`` (world frame) the
+    hull test and, as ``settings`` asks (:func:`~neurecon.eval.mesh.mesh_metrics`), the
+    cleaning; the picture. Returns seconds per ray, per grid point and for the full mesh's
+    after-work.
 
     Both samples are coherent and chunked as the evaluation's work is: scattered pixels or
     points cost several times more per item (no cache reuse), which overstated the time 2-5x."""
@@ -116,14 +128,19 @@ def time_eval_sample(
         r = renderer(field, o.to(device), d.to(device), bg)
         float(r.color.sum())  # wait for the device
         t1 = time.perf_counter()
-        per_point = 0.0
+        per_point = after_s = 0.0
         if mesh_resolution > 0:
-            coarse = _coarse_mesh_seconds(field, scene, mesh_resolution, device)
-            per_point = coarse / coarse_grid(mesh_resolution) ** 3
+            coarse, mesh = _coarse_mesh(field, scene, mesh_resolution, device)
+            r = coarse_grid(mesh_resolution)
+            per_point = coarse / r**3
+            if mesh is not None and len(mesh.vertices):
+                # A mesh's vertices grow with its surface, as the resolution squared (the
+                # picture's pixels do not: that part errs on the slow side).
+                after_s = _after_mesh_seconds(mesh, hull, settings) * (mesh_resolution / r) ** 2
     finally:
         for m, training in modes:
             m.train(training)
-    return EvalCost(s_per_ray=(t1 - t0) / rays, s_per_point=per_point)
+    return EvalCost(s_per_ray=(t1 - t0) / rays, s_per_point=per_point, s_after_mesh=after_s)
 
 
 def coarse_grid(mesh_resolution: int) -> int:
@@ -131,20 +148,40 @@ def coarse_grid(mesh_resolution: int) -> int:
     return max(16, int(mesh_resolution) // 2)
 
 
-def _coarse_mesh_seconds(
+def _coarse_mesh(
     field: nn.Module, scene: Scene, mesh_resolution: int, device: torch.device
-) -> float:
-    """Seconds of the real extraction at :func:`coarse_grid`: it skips the blocks far from the
-    surface, which a timing of field points alone cannot know (it overstated a 256^3 mesh 5x).
-    Coarse blocks are skipped less often, so this errs on the slow side."""
+) -> tuple[float, trimesh.Trimesh | None]:
+    """Seconds of the real extraction at :func:`coarse_grid`, and its mesh (None: no surface
+    yet, the work done is the cost). The extraction skips the blocks far from the surface,
+    which a timing of field points alone cannot know (it overstated a 256^3 mesh 5x). Coarse
+    blocks are skipped less often, so this errs on the slow side."""
     from neurecon.errors import MeshExtractionError
     from neurecon.geometry.mesh import extract_mesh
 
     margin = 2.0 if getattr(field, "kind", None) == "sdf" else None
+    t, mesh = time.perf_counter(), None
+    with contextlib.suppress(MeshExtractionError):
+        mesh = extract_mesh(field.geometry, scene.to_world, coarse_grid(mesh_resolution),
+                            device=device, skip_margin=margin)  # fmt: skip
+    return time.perf_counter() - t, mesh
+
+
+def _after_mesh_seconds(
+    mesh: trimesh.Trimesh, hull: VisualHull | None, settings: EvalSettings | None
+) -> float:
+    """Seconds of what the evaluation does to ``mesh`` once extracted: the vertices' hull test
+    and the cleaning where ``settings`` asks for it (:func:`~neurecon.eval.mesh.mesh_metrics`),
+    and the three panels of ``mesh.png``."""
+    from neurecon.eval.run import CAPTURE_VIEWS
+    from neurecon.geometry.picture import render_mesh_view
+
     t = time.perf_counter()
-    with contextlib.suppress(MeshExtractionError):  # no surface yet: the work done is the cost
-        extract_mesh(field.geometry, scene.to_world, coarse_grid(mesh_resolution),
-                     device=device, skip_margin=margin)  # fmt: skip
+    if hull is not None and settings is not None:
+        outside = hull.outside(mesh.vertices, settings.hull_dilate_px)
+        if settings.cleans_mesh():
+            clean_by_hull(mesh, outside, settings.min_component)
+    for azimuth, elevation in CAPTURE_VIEWS:
+        render_mesh_view(mesh, azimuth, elevation)
     return time.perf_counter() - t
 
 
@@ -153,8 +190,12 @@ class EvalReserve:
     current field every :data:`RETIME_SHARE` of the time that was left at the first call."""
 
     def __init__(self, scene: Scene, settings: EvalSettings) -> None:
-        self.scene, self.work = scene, eval_work(scene, settings)
+        self.scene, self.settings, self.work = scene, settings, eval_work(scene, settings)
         self.mesh_resolution = int(settings.mesh_resolution or 0)  # 0: no mesh
+        # The evaluation builds the masks' visual hull once (a distance transform per training
+        # mask): timed here once, kept for the hull work's timings.
+        self._hull: VisualHull | None = None
+        self._hull_build_s: float | None = None
         self.seconds = 0.0  # the latest estimate
         self.cost: EvalCost | None = None
         self._timed_at: float | None = None
@@ -169,10 +210,15 @@ class EvalReserve:
         if self._timed_at is None:
             self._interval = max(RETIME_MIN_S, RETIME_SHARE * time_left_s)
         if self._timed_at is None or now - self._timed_at >= self._interval:
+            if self._hull_build_s is None:
+                t = time.perf_counter()
+                self._hull = self.scene.visual_hull(world=True) if self.mesh_resolution else None
+                self._hull_build_s = time.perf_counter() - t
             self.cost = time_eval_sample(
-                self.scene, field, renderer, device, mesh_resolution=self.mesh_resolution
-            )
-            self.seconds = self.cost.seconds(self.work)
+                self.scene, field, renderer, device, mesh_resolution=self.mesh_resolution,
+                hull=self._hull, settings=self.settings,
+            )  # fmt: skip
+            self.seconds = self.cost.seconds(self.work) + SAFETY * self._hull_build_s
             self.timings += 1
             self._timed_at = time.monotonic()  # the timing itself is not an interval's
         return self.seconds

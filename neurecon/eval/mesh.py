@@ -38,14 +38,15 @@ def mesh_metrics(
     if hull is not None:  # floaters: the share of vertices some view puts outside its mask
         outside = hull.outside(mesh.vertices, settings.hull_dilate_px)
         res["mesh/outside_hull_raw"] = float(outside.mean()) if len(outside) else 0.0
-        if settings.clean_mesh and settings.use_mask is not False:
+        res["mesh/outside_hull"] = res["mesh/outside_hull_raw"]
+        if settings.cleans_mesh():
             write_mesh(mesh, out / "mesh_raw.ply")
             res.update({"mesh_raw": "mesh_raw.ply", "mesh/vertices_raw": len(mesh.vertices)})
             mesh = clean_by_hull(mesh, outside, settings.min_component)
             if not len(mesh.faces):
                 return {**res, "mesh_error": "no face of the mesh is inside the masks"}, None
-        after = hull.outside(mesh.vertices, settings.hull_dilate_px)
-        res["mesh/outside_hull"] = float(after.mean()) if len(after) else 0.0
+            # Every vertex of a kept face is inside the hull (clean_by_hull keeps no other).
+            res["mesh/outside_hull"] = 0.0
     write_mesh(mesh, out / "mesh.ply")
     res["mesh/vertices"] = len(mesh.vertices)
     for metric in settings.mesh_metrics():

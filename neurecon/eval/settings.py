@@ -66,6 +66,11 @@ class EvalSettings(EvalConfig):
         return [m for m in self.metrics.values() if isinstance(m, ViewMetric)
                 and (m.at_validation or not validation)]  # fmt: skip
 
+    def cleans_mesh(self) -> bool:
+        """Whether a masked scene's mesh is cleaned by the visual hull: ``clean_mesh``, unless
+        the run was trained without its masks."""
+        return bool(self.clean_mesh) and self.use_mask is not False
+
     def mesh_metrics(self) -> list[MeshMetric]:
         return [m for m in self.metrics.values() if isinstance(m, MeshMetric)]
 
