@@ -17,15 +17,24 @@ import typing
 from hydra.core.config_store import ConfigStore
 
 from neurecon.eval.settings import EvalConfig
-from neurecon.losses import ColorLoss, EikonalLoss, FreeSpaceLoss, MaskLoss
+from neurecon.losses import (
+    ColorLoss,
+    EikonalLoss,
+    FreeSpaceLoss,
+    MaskLoss,
+    PhotoConsistencyLoss,
+    SparsePointsLoss,
+)
 from neurecon.metrics.nodes import LPIPS, PSNR, SSIM, Chamfer, DTUChamfer, ObjectPSNR, PhotoPSNR
 from neurecon.train.callbacks import CheckpointCallback, LogCallback, ValidationCallback
 from neurecon.train.guard import GuardSettings
 
 TYPED = "typed"  # the option name the YAML defaults lists use
-# The built-in loss terms: conf/loss/default.yaml's node names.
+# The built-in loss terms: conf/loss/default.yaml's node names, and the optional geometry cues
+# (added with +loss/photo=typed, +loss/sparse_points=typed).
 LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss,
-              "free_space": FreeSpaceLoss}  # fmt: skip
+              "free_space": FreeSpaceLoss, "photo": PhotoConsistencyLoss,
+              "sparse_points": SparsePointsLoss}  # fmt: skip
 # The built-in metrics: conf/eval/default.yaml's node names under metrics.
 METRICS = {"psnr": PSNR, "psnr_masked": ObjectPSNR, "psnr_photo": PhotoPSNR, "ssim": SSIM,
            "lpips": LPIPS, "chamfer": Chamfer, "dtu": DTUChamfer}  # fmt: skip

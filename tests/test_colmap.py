@@ -57,6 +57,11 @@ def test_colmap_round_trip_and_robust_normalisation(tmp_path):
         assert np.allclose(s.c2w[i, :3, :3].numpy(), c2w[:3, :3], atol=1e-5)
         back = s.to_world_points(s.c2w[i, :3, 3].double().numpy()[None])[0]
         assert np.allclose(back, c2w[:3, 3], atol=1e-4)
+    # The SfM points are kept in the normalised frame, inside the unit sphere (the outliers
+    # are not): each maps back onto a point of the model.
+    kept = s.to_world_points(s.sfm_points.double().numpy())
+    assert len(kept) > 100 and (s.sfm_points.norm(dim=1) < 1).all()
+    assert np.abs(kept[:, None] - inliers[None]).max(-1).min(1).max() < 1e-4
 
 
 def test_opencv_model_is_undistorted_to_pinhole(tmp_path):

@@ -185,3 +185,4 @@ class ColmapScene(Scene):
             name=rootp.name,
             device=device,
         )
+        self.set_sfm_points(pts)

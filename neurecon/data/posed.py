@@ -482,9 +482,12 @@ class NerfstudioScene(Scene):
             return img, img_down, mask, mask_down
 
         frames = read_frames(meta_path, meta, files, _ns_distortion, background_color)
-        if radius is None and meta.get("ply_file_path"):
+        points = None
+        if meta.get("ply_file_path"):  # in the frames' frame
             ply = rootp / str(meta["ply_file_path"])
-            centre, radius = robust_sphere(read_ply_points(ply), inlier_quantile, margin, str(ply))
+            points = read_ply_points(ply)
+        if radius is None and points is not None:
+            centre, radius = robust_sphere(points, inlier_quantile, margin, str(ply))
         else:
             centre, radius = camera_sphere(np.stack([f.c2w for f in frames]), radius)
         files_masks = [f.mask for f in frames]
@@ -501,6 +504,8 @@ class NerfstudioScene(Scene):
             self, frames, similarity(centre, float(radius)), meta_path, test_every, masks,
             valid, background_color, rootp.name, device,
         )  # fmt: skip
+        if points is not None:
+            self.set_sfm_points(points)
 
 
 def _and(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:

@@ -38,15 +38,20 @@ MAX_REDRAWS = 64
 
 @dataclass
 class RayBatch:
-    """Rays in the normalised frame. ``rgb`` / ``mask`` are targets (None when unknown).
+    """Rays in the normalised frame. ``rgb`` / ``mask`` are targets (None when unknown);
+    ``view``, ``u``, ``v``: the pixels they go through (training batches; None otherwise).
 
-    Shapes: origins, dirs (B, 3); rgb (B, 3) float in [0, 1]; mask (B,) float in {0, 1}.
+    Shapes: origins, dirs (B, 3); rgb (B, 3) float in [0, 1]; mask (B,) float in {0, 1};
+    view (B,) int64; u, v (B,) int64 column and row.
     """
 
     origins: Tensor
     dirs: Tensor
     rgb: Tensor | None = None
     mask: Tensor | None = None
+    view: Tensor | None = None
+    u: Tensor | None = None
+    v: Tensor | None = None
 
     def __len__(self) -> int:
         return self.origins.shape[0]
@@ -181,7 +186,8 @@ def gather_batch(store: PixelStore, view: Tensor, v: Tensor, u: Tensor) -> RayBa
         view, u, v, rgb = (_to_device(t, dev) for t in (view, u, v, rgb))
         mask = None if mask is None else _to_device(mask, dev)
     o, d = pixel_rays(store.K[view], store.c2w[view], u.float(), v.float())
-    return RayBatch(o, d, rgb.float() / 255.0, None if mask is None else (mask > 127).float())
+    m = None if mask is None else (mask > 127).float()
+    return RayBatch(o, d, rgb.float() / 255.0, m, view, u, v)
 
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:

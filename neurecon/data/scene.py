@@ -41,6 +41,9 @@ class Scene:
         gt_points: (N, 3) float64 ground-truth surface points in WORLD coordinates, or None.
         gt_mesh: the exact ground-truth surface as a mesh in WORLD coordinates, or None (a scene
             with only points). Chamfer measures distances to it, not to points.
+        sfm_points: (N, 3) float32 sparse structure-from-motion points in the NORMALISED frame
+            (a COLMAP model's, nerfstudio's ``ply_file_path``), or None: the sparse-point SDF
+            term (:class:`~neurecon.losses.terms.SparsePointsLoss`) puts them on the surface.
 
     Args:
         images: (V, H, W, 3) uint8, or a sequence of V (H_i, W_i, 3) uint8 arrays.
@@ -91,6 +94,7 @@ class Scene:
             raise ValueError(f"dataset.device={device!r}; choose from {list(rays.PLACEMENTS)}")
         self.placement = device
         self.name = name
+        self.sfm_points: torch.Tensor | None = None  # a loader sets it (set_sfm_points)
         self.sizes = torch.tensor([im.shape[:2] for im in imgs], dtype=torch.long)
         counts = self.sizes[:, 0] * self.sizes[:, 1]
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -243,6 +247,16 @@ class Scene:
     def world_projections(self) -> np.ndarray:
         """(V, 3, 4) projections of WORLD points to pixels (``K [R|t] to_world⁻¹``)."""
         return self.projections() @ np.linalg.inv(self.to_world)
+
+    def set_sfm_points(self, world: np.ndarray) -> None:
+        """Keep SfM points given in the WORLD frame (``to_world``'s target) as
+        :attr:`sfm_points`, in the normalised frame, those inside the unit sphere only (what
+        the field models)."""
+        pts = np.asarray(world, dtype=np.float64).reshape(-1, 3)
+        inv = np.linalg.inv(self.to_world)
+        local = pts @ inv[:3, :3].T + inv[:3, 3]
+        local = local[np.isfinite(local).all(1) & (np.linalg.norm(local, axis=1) < 1.0)]
+        self.sfm_points = torch.as_tensor(local, dtype=torch.float32) if len(local) else None
 
     def to_world_points(self, pts: np.ndarray) -> np.ndarray:
         """(N, 3) normalised-frame points → world frame."""

@@ -11,6 +11,8 @@ from neurecon.losses.terms import (
     FreeSpaceLoss,
     LossTerm,
     MaskLoss,
+    PhotoConsistencyLoss,
+    SparsePointsLoss,
     default_terms,
     total_loss,
 )
@@ -21,6 +23,8 @@ __all__ = [
     "FreeSpaceLoss",
     "LossTerm",
     "MaskLoss",
+    "PhotoConsistencyLoss",
+    "SparsePointsLoss",
     "color_loss",
     "default_terms",
     "mask_loss",

@@ -277,6 +277,8 @@ class Trainer:
         objective = dict(self.loss_terms)
         for module in (field, renderer):  # terms a field or renderer contributes
             objective.update(getattr(module, "loss_terms", dict)())
+        for term in objective.values():  # what a term reads beyond the batch (SfM points...)
+            term.bind(self.scene, field)
         first = True
         while state.step < self.max_steps:
             state.step += 1
@@ -290,7 +292,7 @@ class Trainer:
             with torch.autocast(self.device.type, amp_dtype, enabled=amp_dtype is not None):
                 r = renderer(field, batch.origins, batch.dirs, bg)
             loss, terms = total_loss(
-                objective, r, batch.rgb, batch.mask if use_mask else None, state.step
+                objective, r, batch.rgb, batch.mask if use_mask else None, state.step, batch
             )
             for cb in self.callbacks:
                 loss = cb.on_loss(ctx, loss)
