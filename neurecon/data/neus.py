@@ -83,6 +83,9 @@ class NeuSScene(Scene):
         downscale: integer factor to shrink images by (area averaging).
         test_every: hold out every n-th view for testing (0: test on all views).
         train_on_test: also train on the held-out views (NeuS trains on all DTU views).
+        points: a PLY of sparse points in the world frame (relative to the scene folder, or
+            absolute) for the sparse-point SDF term; ``auto``: ``points3D.ply`` when present
+            (what ``python -m neurecon.data.prepare --triangulate`` writes); null: none.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class NeuSScene(Scene):
         train_on_test: bool = False,
         background_color: Sequence[float] = (0.0, 0.0, 0.0),
         device: str = "auto",
+        points: str | None = "auto",
     ) -> None:
         if root is None or str(root) in ("", "???"):
             raise DatasetError("dataset.root is not set: point it at a NeuS-format scene folder")
@@ -182,3 +186,27 @@ class NeuSScene(Scene):
             name=rootp.name,
             device=device,
         )
+        ply = _points_file(rootp, points)
+        if ply is not None:
+            from neurecon.data.posed import read_ply_points
+
+            self.set_sfm_points(read_ply_points(ply))
+            n_in = 0 if self.sfm_points is None else len(self.sfm_points)
+            log.info("%s: %d sparse points inside the unit sphere", ply, n_in)
+
+
+POINTS_FILE = "points3D.ply"
+
+
+def _points_file(root: Path, points: str | None) -> Path | None:
+    """The PLY ``dataset.points`` names (see :class:`NeuSScene`), or None."""
+    if points is None or str(points) in ("", "none", "null"):
+        return None
+    if str(points) == "auto":
+        auto = root / POINTS_FILE
+        return auto if auto.is_file() else None
+    path = Path(points).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DatasetError(f"dataset.points: {path} is missing")
+    return path

@@ -3,6 +3,8 @@
     python -m neurecon.data.prepare IMAGES_DIR OUT_DIR
     python train.py dataset=neus dataset.root=OUT_DIR
 
+    python -m neurecon.data.prepare --triangulate SCENE [--points-out PLY] [--downscale N]
+
 Runs SIFT feature extraction, exhaustive matching and incremental mapping, keeps the largest
 reconstruction, undistorts the registered images to pinhole cameras and writes ``image/``,
 ``cameras_sphere.npz`` (``world_mat_i``, ``scale_mat_i`` from a robust bounding sphere of the
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import trimesh
 from tqdm.auto import tqdm
 
 from neurecon.atomic import atomic_write
@@ -173,16 +176,64 @@ def prepare(
     return out
 
 
+def triangulate_scene(
+    scene_dir: str | Path,
+    points_out: str | Path | None = None,
+    downscale: int = 1,
+    test_every: int = 8,
+    hull_dilate_px: float = 12.0,
+    overwrite: bool = False,
+) -> Path:
+    """Sparse points for the NeuS-format scene at ``scene_dir`` from its training views (the
+    split of ``dataset.test_every``: test views never feed training), written to
+    ``points_out`` (default ``SCENE/points3D.ply``) in the world frame. With masks, points
+    outside their visual hull (dilated by ``hull_dilate_px`` photo pixels) are dropped: a
+    masked run models the object alone."""
+    from neurecon.data.neus import POINTS_FILE, NeuSScene
+    from neurecon.data.triangulate import triangulate
+
+    root = Path(scene_dir)
+    out = Path(points_out) if points_out is not None else root / POINTS_FILE
+    if out.exists() and not overwrite:
+        raise NeuReconError(f"{out} already exists; pass --overwrite to redo it")
+    scene = NeuSScene(str(root), cameras="auto", use_mask="auto", downscale=downscale,
+                      test_every=test_every, points=None)  # fmt: skip
+    work = out.parent / f".{out.stem}_colmap"
+    pts = triangulate(scene, work)
+    hull = scene.visual_hull()
+    if hull is not None and len(pts):
+        inside = ~hull.outside(pts, hull_dilate_px)
+        log.info("%d of %d points inside the masks' visual hull", inside.sum(), len(pts))
+        pts = pts[inside]
+    if not len(pts):
+        raise DatasetError(f"no point of {root} could be triangulated (log: {work})")
+    cloud = trimesh.PointCloud(scene.to_world_points(pts))
+    atomic_write(out, lambda p: cloud.export(p, file_type="ply"))
+    log.info("wrote %d points to %s (world frame); train with +loss/sparse_points=typed",
+             len(pts), out)  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("images_dir")
-    ap.add_argument("out_dir")
+    ap.add_argument("images_dir", nargs="?")
+    ap.add_argument("out_dir", nargs="?")
     ap.add_argument("--min-registered", type=int, default=3)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--triangulate", metavar="SCENE", help="a posed NeuS-format scene")
+    ap.add_argument("--points-out", metavar="PLY", help="default: SCENE/points3D.ply")
+    ap.add_argument("--downscale", type=int, default=1, help="as dataset.downscale")
+    ap.add_argument("--test-every", type=int, default=8, help="as dataset.test_every")
     args = ap.parse_args(argv)
+    if (args.triangulate is None) != (args.images_dir is not None and args.out_dir is not None):
+        ap.error("give IMAGES_DIR OUT_DIR, or --triangulate SCENE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        prepare(args.images_dir, args.out_dir, args.min_registered, args.overwrite)
+        if args.triangulate is not None:
+            triangulate_scene(args.triangulate, args.points_out, args.downscale,
+                              args.test_every, overwrite=args.overwrite)  # fmt: skip
+        else:
+            prepare(args.images_dir, args.out_dir, args.min_registered, args.overwrite)
     except NeuReconError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
