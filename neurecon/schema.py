@@ -25,7 +25,16 @@ from neurecon.losses import (
     PhotoConsistencyLoss,
     SparsePointsLoss,
 )
-from neurecon.metrics.nodes import LPIPS, PSNR, SSIM, Chamfer, DTUChamfer, ObjectPSNR, PhotoPSNR
+from neurecon.metrics.nodes import (
+    LPIPS,
+    PSNR,
+    SSIM,
+    Chamfer,
+    DTUChamfer,
+    ObjectPSNR,
+    PhotoPSNR,
+    SfMDepth,
+)
 from neurecon.train.callbacks import CheckpointCallback, LogCallback, ValidationCallback
 from neurecon.train.guard import GuardSettings
 
@@ -37,7 +46,8 @@ LOSS_TERMS = {"color": ColorLoss, "eikonal": EikonalLoss, "mask": MaskLoss,
               "sparse_points": SparsePointsLoss}  # fmt: skip
 # The built-in metrics: conf/eval/default.yaml's node names under metrics.
 METRICS = {"psnr": PSNR, "psnr_masked": ObjectPSNR, "psnr_photo": PhotoPSNR, "ssim": SSIM,
-           "lpips": LPIPS, "chamfer": Chamfer, "dtu": DTUChamfer}  # fmt: skip
+           "lpips": LPIPS, "sfm_depth": SfMDepth, "chamfer": Chamfer,
+           "dtu": DTUChamfer}  # fmt: skip
 # The built-in callbacks: conf/callbacks/default.yaml's node names.
 CALLBACKS = {"log": LogCallback, "validate": ValidationCallback, "checkpoint": CheckpointCallback}
 

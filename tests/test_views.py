@@ -79,3 +79,45 @@ def test_the_run_summary_says_where_the_mesh_and_its_picture_are(tmp_path):
     assert "Chamfer 0.0097 (0.61 % of the object radius), F-score 0.930" in text
     assert f"{tmp_path / 'mesh.ply'}  (34,512 vertices)" in text
     assert str(tmp_path / "mesh.png") in text and str(tmp_path / "metrics.json") in text
+
+
+class DepthRenderer(PerfectRenderer):
+    """The exact surface distance as the render's depth, plus ``offset`` (frame units)."""
+
+    def __init__(self, scene, offset: float = 0.0) -> None:
+        super().__init__(scene)
+        self.offset = offset
+
+    def forward(self, field, origins, dirs, background_color):
+        from neurecon.data.synthetic import sphere_trace
+
+        x, hit = sphere_trace(self.scene.sdf, origins, dirs)
+        opacity = hit.float()
+        depth = ((x - origins).norm(dim=-1) + self.offset) * opacity  # depth sums w·t
+        rgb = torch.zeros_like(origins)
+        return RenderOutput(rgb, opacity, depth, torch.zeros_like(rgb))
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.02])
+def test_sfm_depth_of_an_exact_render_is_its_offset_in_world_units(offset, tmp_path):
+    from neurecon.data.cameras import pixel_rays
+    from neurecon.data.synthetic import sphere_trace
+
+    scene = build(compose_cfg([*TINY, "dataset.num_views=6"])).scene
+    view = int(scene.test_ids[0])
+    # Points on the true surface where the view's pixel centres see it (so rounding to the
+    # nearest pixel costs nothing), in the world frame as a loader gives them.
+    H, W = scene.size(view)
+    flat = torch.arange(H * W)
+    o, d = pixel_rays(scene.K[view], scene.c2w[view], (flat % W).float(), (flat // W).float())
+    x, hit = sphere_trace(scene.sdf, o, d)
+    scene.set_sfm_points(scene.to_world_points(x[hit][::3].numpy().astype(np.float64)))
+    settings = EvalSettings(chunk=512, progress=False)
+    settings.metrics = {"sfm_depth": settings.metrics["sfm_depth"]}
+    res, _, _ = score_views(
+        scene, nn.Identity(), DepthRenderer(scene, offset), [view], settings, tmp_path, "test",
+        [f"{view}.png"],
+    )  # fmt: skip
+    scale = scene.to_world[0, 0]
+    assert scale != 1.0  # the built-in scene's world frame is scaled: the units matter
+    assert res["test/sfm_depth"] == pytest.approx(offset * scale, abs=1e-3 * scale)

@@ -17,6 +17,7 @@ from neurecon.data.cameras import pixel_rays
 from neurecon.data.scene import Scene
 from neurecon.eval.settings import EvalSettings
 from neurecon.memory import retry_on_oom
+from neurecon.metrics.depth import frame_scale, surface_depth
 from neurecon.metrics.nodes import MetricUnavailable, ViewImages
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ def score_views(
     per_view, panels, missing = [], {}, {}
     metrics = settings.view_metrics(validation)
     bg = composite_background(scene, renderer) if settings.use_mask is not False else None
+    points = None if scene.sfm_points is None else scene.sfm_points.cpu().numpy()
+    scale = frame_scale(scene.to_world)
     for v, name in tqdm(
         list(zip(views, names, strict=True)), disable=not settings.progress, desc="render",
         leave=False,
@@ -128,7 +131,10 @@ def score_views(
         if valid is not None:  # no source data there (undistortion): not scored
             pred = np.where(valid[..., None], pred, gt)  # SSIM / LPIPS see no error there
             m = None if m is None else m & valid
-        view = ViewImages(pred, gt, photo, m, valid)
+        view = ViewImages(
+            pred, gt, photo, m, valid, depth=surface_depth(img["depth"], img["opacity"]),
+            K=scene.K[v].cpu().numpy(), c2w=scene.c2w[v].cpu().numpy(), points=points, scale=scale,
+        )  # fmt: skip
         row: dict[str, Any] = {"view": v}
         for metric in metrics:
             if metric.name in missing:

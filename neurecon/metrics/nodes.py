@@ -103,13 +103,24 @@ class ViewImages:
     ``pred``: the render, clipped (pixels without source data replaced by ``gt``); ``gt``: the
     reference (a masked run's photo composited onto the render's background colour, else the
     photo); ``photo``: the untouched photo; ``mask``: (H, W) bool object pixels that are scored
-    (None without masks); ``valid``: (H, W) bool pixels with source data (None: all)."""
+    (None without masks); ``valid``: (H, W) bool pixels with source data (None: all).
+
+    The geometry, for metrics that need it (None when the caller has none): ``depth`` (H, W)
+    distance along each pixel's unit ray to the rendered surface, NaN off the surface
+    (:func:`~neurecon.metrics.depth.surface_depth`); ``K`` (3, 3) and ``c2w`` (4, 4) the view's
+    camera in the normalised frame; ``points`` (N, 3) the scene's sparse SfM points there;
+    ``scale`` world units per normalised unit."""
 
     pred: np.ndarray
     gt: np.ndarray
     photo: np.ndarray
     mask: np.ndarray | None
     valid: np.ndarray | None
+    depth: np.ndarray | None = None
+    K: np.ndarray | None = None
+    c2w: np.ndarray | None = None
+    points: np.ndarray | None = None
+    scale: float = 1.0
 
     @property
     def composited(self) -> bool:
@@ -214,6 +225,33 @@ class LPIPS(ViewMetric):
             raise MetricUnavailable(str(e)) from None
 
 
+@dataclass
+class SfMDepth(ViewMetric):
+    """Visible-surface depth error against the scene's sparse SfM points (Geo-NeuS's
+    geometry check; the only reference a real scan without a scanned ground truth has), in
+    world units (mm on DTU): for each point that projects into the view, inside the scored
+    mask, where the render has a surface (opacity >= 0.5), the difference of the
+    rendered surface distance and the point's distance along the pixel's ray; a view's value
+    is the median. A point whose rendered surface lies more than ``occlusion`` (in the unit
+    sphere's frame) in front of it is hidden in the view and left out
+    (:func:`~neurecon.metrics.depth.sfm_depth_errors`). None for a scene without points
+    (``dataset.points``, ``prepare --triangulate``)."""
+
+    occlusion: float = 0.05
+    name: ClassVar[str] = "sfm_depth"
+    label: ClassVar[str] = "SfM depth"
+    higher_is_better: ClassVar[bool] = False
+    optional: ClassVar[bool] = True
+
+    def score(self, view: ViewImages) -> float | None:
+        from neurecon.metrics.depth import sfm_depth_errors
+
+        if view.points is None or view.depth is None or view.K is None or view.c2w is None:
+            return None
+        err = sfm_depth_errors(view.depth, view.K, view.c2w, view.points, view.mask, self.occlusion)
+        return float(np.median(err)) * view.scale if len(err) else None
+
+
 class MeshMetric(Metric):
     """Scores the run's world-frame mesh against the scene's ground truth."""
 
@@ -314,7 +352,7 @@ def default_metrics() -> dict[str, Metric]:
     own defaults)."""
     return {
         "psnr": PSNR(), "psnr_masked": ObjectPSNR(), "psnr_photo": PhotoPSNR(), "ssim": SSIM(),
-        "lpips": LPIPS(), "chamfer": Chamfer(), "dtu": DTUChamfer(),
+        "lpips": LPIPS(), "sfm_depth": SfMDepth(), "chamfer": Chamfer(), "dtu": DTUChamfer(),
     }  # fmt: skip
 
 
