@@ -31,6 +31,7 @@ from neurecon.geometry import extract_mesh
 from neurecon.geometry.clean import keep_largest, seen_faces, submesh
 from neurecon.geometry.picture import frame_from_cameras, render_mesh_camera
 from neurecon.memory import retry_on_oom
+from neurecon.metrics.depth import frame_scale
 from neurecon.metrics.dtu import cull_by_masks, protocol
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ MESH_FORMATS = ("ply", "obj", "glb")
 
 
 def scale_rotation(to_world: np.ndarray) -> tuple[float, np.ndarray]:
-    """The uniform scale and the rotation of a similarity ``to_world`` (4, 4)."""
-    scale = float(np.cbrt(abs(np.linalg.det(to_world[:3, :3]))))
+    """The uniform scale (:func:`~neurecon.metrics.depth.frame_scale`) and the rotation of a
+    similarity ``to_world`` (4, 4)."""
+    scale = frame_scale(to_world)
     return scale, to_world[:3, :3] / scale
 
 
