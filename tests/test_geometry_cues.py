@@ -66,3 +66,27 @@ def test_photo_consistency_trains_from_config_and_logs_its_value(tmp_path):
     # 1 - NCC lies in [0, 2]; the synthetic scene has no SfM points: no sparse-point value.
     assert rows and all(0 <= r["loss/photo"] <= 2 for r in rows)
     assert not any("loss/sparse_points" in r for r in run.trainer.history)
+
+
+def test_the_built_in_scene_reads_sparse_points_from_dataset_points(tmp_path):
+    """The built-in scene renders no points of its own; ``dataset.points`` gives it a world-frame
+    PLY (what ``prepare --triangulate`` writes), read into the normalised frame the field sees."""
+    import trimesh
+
+    from neurecon.data import DatasetError
+
+    truth = build(compose_cfg(SPHERE)).scene
+    world = truth.gt_points[:300]  # exact surface points, world frame
+    ply = tmp_path / "points3D.ply"
+    trimesh.PointCloud(world).export(ply)
+    run = build(compose_cfg([*SPHERE, "trainer.max_steps=10", f"dataset.points={ply}",
+                             "+loss/sparse_points=typed"]))  # fmt: skip
+    pts = run.scene.sfm_points
+    assert pts is not None and len(pts) == 300
+    assert run.scene.sdf(pts).abs().max() < 1e-4  # on the true surface: the frame is right
+    m = run.trainer.fit(run.scene, run.field, run.renderer, run.optimizer, tmp_path / "run")
+    assert m["status"] == "completed"
+    rows = [r["loss/sparse_points"] for r in run.trainer.history if "loss/sparse_points" in r]
+    assert rows and all(0 <= v < 1 for v in rows), run.trainer.history
+    with pytest.raises(DatasetError, match=r"nowhere\.ply is missing"):
+        build(compose_cfg([*SPHERE, f"dataset.points={tmp_path / 'nowhere.ply'}"]))

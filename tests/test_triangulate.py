@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neurecon.data import NeuSScene, SyntheticScene
-from neurecon.data.prepare import main, write_neus
+from neurecon.data.prepare import main
 
 pytest.importorskip("pycolmap")
 
@@ -17,15 +17,13 @@ pytest.importorskip("pycolmap")
 @pytest.fixture(scope="module")
 def textured(tmp_path_factory):
     """A textured mug (thin walls, a handle) in the NeuS format with masks: (truth, folder)."""
-    truth = SyntheticScene(
-        shape="mug", num_views=16, resolution=192, texture="noise",
-        orbit_elevation_deg=30, cam_distance=1.9, num_gt_points=1000,
-    )  # fmt: skip
+    args = dict(shape="mug", num_views=16, resolution=192, texture="noise",
+                orbit_elevation_deg=30, cam_distance=1.9, num_gt_points=1000)  # fmt: skip
+    truth = SyntheticScene(**args)
     root = tmp_path_factory.mktemp("triangulate") / "scene"
-    write_neus(truth, root)
-    (root / "mask").mkdir()
-    for v in range(truth.num_views):
-        iio.imwrite(root / "mask" / f"{v:06d}.png", truth.mask(v))
+    assert main(["--builtin", str(root), *(f"{k}={v}" for k, v in args.items())]) == 0
+    masks = sorted((root / "mask").iterdir())
+    assert len(masks) == 16 and (iio.imread(masks[3]) == truth.mask(3)).all()
     return truth, root
 
 

@@ -5,10 +5,16 @@
 
     python -m neurecon.data.prepare --triangulate SCENE [--points-out PLY] [--downscale N]
 
+    python -m neurecon.data.prepare --builtin OUT_DIR [shape=mug texture=noise resolution=192]
+
 Runs SIFT feature extraction, exhaustive matching and incremental mapping, keeps the largest
 reconstruction, undistorts the registered images to pinhole cameras and writes ``image/``,
 ``cameras_sphere.npz`` (``world_mat_i``, ``scale_mat_i`` from a robust bounding sphere of the
 sparse points) and the COLMAP model under ``colmap/``.
+
+``--builtin`` writes the built-in scene (``dataset=synthetic``; its arguments as ``key=value``)
+in the NeuS format with masks, e.g. to triangulate its sparse points from larger renders than
+training uses, for ``dataset.points``.
 """
 
 from __future__ import annotations
@@ -214,6 +220,36 @@ def triangulate_scene(
     return out
 
 
+def write_builtin(out_dir: str | Path, args: list[str], overwrite: bool = False) -> Path:
+    """The built-in scene with the :class:`~neurecon.data.SyntheticScene` arguments ``args``
+    (``key=value``, values parsed as YAML) as a NeuS-format scene with masks in ``out_dir``."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from neurecon.data.synthetic import SyntheticScene
+
+    out = Path(out_dir)
+    if (out / "cameras_sphere.npz").exists() and not overwrite:
+        raise NeuReconError(f"{out} already holds a scene; pass --overwrite to redo it")
+    try:
+        kwargs = OmegaConf.to_container(OmegaConf.from_dotlist(list(args)))
+    except Exception as e:  # OmegaConf's own message names the bad item
+        raise NeuReconError(f"--builtin arguments: {e}") from None
+    known = set(inspect.signature(SyntheticScene).parameters) - {"device", "points"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise NeuReconError(f"--builtin: unknown argument(s) {unknown}; known: {sorted(known)}")
+    scene = SyntheticScene(**kwargs, device="host")
+    write_neus(scene, out)
+    (out / "mask").mkdir(exist_ok=True)
+    for i in range(scene.num_views):
+        mask = scene.mask(i)
+        atomic_write(out / "mask" / f"{i:06d}.png", lambda p, a=mask: iio.imwrite(p, a))
+    log.info("wrote %s: %d views of %s with masks", out, scene.num_views, scene.name)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("images_dir", nargs="?")
@@ -224,12 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points-out", metavar="PLY", help="default: SCENE/points3D.ply")
     ap.add_argument("--downscale", type=int, default=1, help="as dataset.downscale")
     ap.add_argument("--test-every", type=int, default=8, help="as dataset.test_every")
-    args = ap.parse_args(argv)
-    if (args.triangulate is None) != (args.images_dir is not None and args.out_dir is not None):
-        ap.error("give IMAGES_DIR OUT_DIR, or --triangulate SCENE")
+    ap.add_argument("--builtin", metavar="OUT_DIR", help="write the built-in scene (see above)")
+    args, rest = ap.parse_known_args(argv)
+    if args.builtin is not None:  # the positionals are its key=value arguments
+        rest = [a for a in (args.images_dir, args.out_dir) if a is not None] + rest
+        if args.triangulate is not None or any("=" not in a for a in rest):
+            ap.error("--builtin OUT_DIR takes key=value arguments only")
+    elif rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    elif (args.triangulate is None) != (args.images_dir is not None and args.out_dir is not None):
+        ap.error("give IMAGES_DIR OUT_DIR, --triangulate SCENE or --builtin OUT_DIR")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        if args.triangulate is not None:
+        if args.builtin is not None:
+            write_builtin(args.builtin, rest, overwrite=args.overwrite)
+        elif args.triangulate is not None:
             triangulate_scene(args.triangulate, args.points_out, args.downscale,
                               args.test_every, overwrite=args.overwrite)  # fmt: skip
         else:

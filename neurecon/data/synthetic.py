@@ -9,8 +9,10 @@ the same projection-matrix decomposition as the DTU loader.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import mcubes
 import numpy as np
@@ -22,6 +24,8 @@ from neurecon.data.cameras import compose_projection, look_at, pixel_rays, spher
 from neurecon.data.neus import cameras_from_neus
 from neurecon.data.scene import Scene, split_ids
 from neurecon.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SDF = Callable[[Tensor], Tensor]
 
@@ -227,6 +231,9 @@ class SyntheticScene(Scene):
         image_sizes: null = every view ``resolution``²; else a list of ``[H, W]`` that the views
             cycle through (mixed portrait / landscape captures), each with the focal length
             that gives ``fov_deg`` across its width.
+        points: null, or a PLY of sparse world-frame points for ``loss/sparse_points`` (the
+            scene renders no points of its own): e.g. what ``prepare --triangulate`` finds in
+            this scene written out at a higher resolution.
     """
 
     def __init__(
@@ -249,6 +256,7 @@ class SyntheticScene(Scene):
         image_sizes: Sequence[Sequence[int]] | None = None,
         room: bool = False,
         device: str = "auto",
+        points: str | None = None,
     ) -> None:
         if texture not in TEXTURES:
             raise ConfigError(f"dataset.texture={texture!r}; choose from {sorted(TEXTURES)}")
@@ -317,6 +325,12 @@ class SyntheticScene(Scene):
             device=device,
             ground_truth=lambda: self._ground_truth_surface(num_gt_points, seed),
         )
+        if points is not None:
+            from neurecon.data.posed import read_ply_points
+
+            self.set_sfm_points(read_ply_points(Path(points)))
+            n_in = 0 if self.sfm_points is None else len(self.sfm_points)
+            log.info("%s: %d sparse points inside the unit sphere", points, n_in)
 
     def surface_color(self, x: Tensor) -> Tensor:
         """Exact colour (N, 3) of surface points ``x`` (N, 3), normalised frame: the albedo
