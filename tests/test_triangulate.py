@@ -50,3 +50,12 @@ def test_points_option_names_a_missing_file(textured):
     with pytest.raises(DatasetError, match=r"dataset.points: .*nowhere\.ply is missing"):
         NeuSScene(str(root), points="nowhere.ply")
     assert NeuSScene(str(root), points=None).sfm_points is None
+
+
+def test_builtin_names_a_bad_argument_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "scene"
+    assert main(["--builtin", str(out), "shap=mug"]) == 2
+    assert "unknown argument(s) ['shap']" in capsys.readouterr().err
+    assert main(["--builtin", str(out), "resolution=abc"]) == 2
+    assert "--builtin resolution=abc" in capsys.readouterr().err
+    assert not out.exists()

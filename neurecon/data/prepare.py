@@ -240,7 +240,10 @@ def write_builtin(out_dir: str | Path, args: list[str], overwrite: bool = False)
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise NeuReconError(f"--builtin: unknown argument(s) {unknown}; known: {sorted(known)}")
-    scene = SyntheticScene(**kwargs, device="host")
+    try:
+        scene = SyntheticScene(**kwargs, device="host")
+    except (TypeError, ValueError) as e:  # a value of the wrong type: name the arguments
+        raise NeuReconError(f"--builtin {' '.join(args)}: {e}") from None
     write_neus(scene, out)
     (out / "mask").mkdir(exist_ok=True)
     for i in range(scene.num_views):
