@@ -146,6 +146,24 @@ def test_synthetic_scene_geometry_is_exact_and_placed_in_world(shape):
     assert 0.05 < (s.masks > 0).float().mean() < 0.9 and len(s.test_ids) >= 1
 
 
+def test_views_traced_together_are_each_view_traced_alone(monkeypatch):
+    """The scene sphere-traces its views in batches of rays: every view, of either size and in
+    every batch, is the one its own rays give (a batch mixes views of different sizes)."""
+    import neurecon.data.synthetic as synthetic
+    from neurecon.data.cameras import pixel_rays
+
+    monkeypatch.setattr(synthetic, "RENDER_CHUNK_RAYS", 3000)  # 2-3 views a batch
+    s = SyntheticScene(shape="mug", num_views=7, image_sizes=[[24, 40], [40, 24], [32, 32]])
+    for i in range(7):
+        H, W = (int(n) for n in s.size(i))
+        v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        K, c2w = (torch.as_tensor(a, dtype=torch.float32) for a in (s.K[i], s.c2w[i]))
+        rgb, hit = s.render_rays(*pixel_rays(K, c2w, u.reshape(-1).float(), v.reshape(-1).float()))
+        alone = (rgb.reshape(H, W, 3).numpy() * 255 + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(s.image_u8(i), alone, err_msg=f"view {i}")
+        np.testing.assert_array_equal(s.mask(i), hit.reshape(H, W).numpy(), err_msg=f"view {i}")
+
+
 def test_grayscale_rgba_and_16bit_images_are_converted(tmp_path):
     write_neus_scene(tmp_path)
     img = tmp_path / "image"

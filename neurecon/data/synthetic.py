@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SDF = Callable[[Tensor], Tensor]
 
+# Rays sphere-traced at once when a scene renders its views (a few hundred MB at most).
+RENDER_CHUNK_RAYS = 1 << 20
+
 
 def _smooth_min(a: Tensor, b: Tensor, k: float) -> Tensor:
     h = (0.5 + 0.5 * (b - a) / k).clamp(0.0, 1.0)
@@ -188,11 +191,17 @@ def sphere_trace(
     """Sphere-trace rays (B, 3) against ``sdf`` inside the unit sphere. Returns points, hit mask."""
     near, far, hit = sphere_near_far(o, d)
     t = near.clone()
-    active = hit.clone()
+    # Only the rays still marching are evaluated: most converge in ~20 steps, a few grazing
+    # ones take up to ``iters`` (3-8x faster than stepping every ray every time).
+    idx = hit.nonzero().squeeze(-1)
     for _ in range(iters):
-        s = sdf(o + t[:, None] * d)
-        t = torch.where(active, t + 0.9 * s, t)  # 0.9: the bump makes the SDF slightly inexact
-        active = active & (s.abs() > eps) & (t < far)
+        if idx.numel() == 0:
+            break
+        ti = t[idx]
+        s = sdf(o[idx] + ti[:, None] * d[idx])
+        ti = ti + 0.9 * s  # 0.9: the bump makes the SDF slightly inexact
+        t[idx] = ti
+        idx = idx[(s.abs() > eps) & (ti < far[idx])]
     x = o + t[:, None] * d
     s = sdf(x)
     return x, hit & (s.abs() < 1e-3) & (t < far)
@@ -354,19 +363,31 @@ class SyntheticScene(Scene):
     def _render(
         self, K_all: np.ndarray, c2w_all: np.ndarray, sizes: list[tuple[int, int]]
     ) -> tuple[np.ndarray | list[np.ndarray], np.ndarray | list[np.ndarray]]:
-        """Sphere-trace every view at pixel centres (the same rays the renderer will cast)."""
-        imgs, masks = [], []
+        """Sphere-trace every view at pixel centres (the same rays the renderer will cast).
+        Views are traced together, up to :data:`RENDER_CHUNK_RAYS` rays at a time: a few
+        hundred sphere-tracing steps for all of them instead of that many per view."""
+        rays = []
         for K, c2w, (H, W) in zip(K_all, c2w_all, sizes, strict=True):
             v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-            o, d = pixel_rays(
+            rays.append(pixel_rays(
                 torch.tensor(K, dtype=torch.float32),
                 torch.tensor(c2w, dtype=torch.float32),
                 u.reshape(-1).float(),
                 v.reshape(-1).float(),
-            )
+            ))  # fmt: skip
+        imgs, masks, start = [], [], 0
+        while start < len(rays):
+            stop, n = start + 1, len(rays[start][0])
+            while stop < len(rays) and n + len(rays[stop][0]) <= RENDER_CHUNK_RAYS:
+                n, stop = n + len(rays[stop][0]), stop + 1
+            o, d = (torch.cat(part) for part in zip(*rays[start:stop], strict=True))
             rgb, hit = self.render_rays(o, d)
-            imgs.append((rgb.reshape(H, W, 3).numpy() * 255 + 0.5).astype(np.uint8))
-            masks.append((hit.reshape(H, W).numpy() * 255).astype(np.uint8))
+            counts = [h * w for h, w in sizes[start:stop]]
+            for (H, W), c, h in zip(sizes[start:stop], rgb.split(counts), hit.split(counts),
+                                    strict=True):  # fmt: skip
+                imgs.append((c.reshape(H, W, 3).numpy() * 255 + 0.5).astype(np.uint8))
+                masks.append((h.reshape(H, W).numpy() * 255).astype(np.uint8))
+            start = stop
         if len(set(sizes)) == 1:
             return np.stack(imgs), np.stack(masks)
         return imgs, masks
