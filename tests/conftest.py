@@ -37,6 +37,8 @@ TINY = [
     "callbacks.validate.every=0",
     "callbacks.checkpoint.every=0",
     "eval.mesh_resolution=48",
+    # mesh.png's panels at 128 px, not 512: 16x fewer splats (~1.3 s less in every tiny run)
+    "eval.picture_size=128",
     "eval.metrics.chamfer.points=20000",
     "trainer.progress=false",
     "trainer.device=cpu",

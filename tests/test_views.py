@@ -9,6 +9,7 @@ from conftest import TINY, compose_cfg
 from torch import nn
 
 from neurecon.build import build
+from neurecon.errors import ConfigError
 from neurecon.eval import EvalSettings, score_views
 from neurecon.eval.summary import run_summary
 from neurecon.render.common import RenderOutput
@@ -121,3 +122,26 @@ def test_sfm_depth_of_an_exact_render_is_its_offset_in_world_units(offset, tmp_p
     scale = scene.to_world[0, 0]
     assert scale != 1.0  # the built-in scene's world frame is scaled: the units matter
     assert res["test/sfm_depth"] == pytest.approx(offset * scale, abs=1e-3 * scale)
+
+
+def test_the_mesh_picture_has_the_configured_size_or_is_left_out(tmp_path):
+    """``eval.picture_size``: mesh.png's three panels at that many pixels a side; 0: none
+    (and no ``mesh_picture`` in metrics.json), the mesh itself still written."""
+    import imageio.v3 as iio
+
+    from neurecon.eval import evaluate_run
+
+    run = build(compose_cfg([*TINY, "dataset.num_views=6", "dataset.shape=sphere"]))
+    for size in (40, 0):
+        out = tmp_path / str(size)
+        settings = EvalSettings(mesh_resolution=24, picture_size=size, progress=False)
+        del settings.metrics["lpips"]
+        m = evaluate_run(run.scene, run.field, run.renderer, out, settings)
+        assert (out / "mesh.ply").is_file() and m["mesh/vertices"] > 0
+        if size:
+            assert iio.imread(out / "mesh.png").shape == (40, 120, 3)
+            assert m["mesh_picture"] == "mesh.png"
+        else:
+            assert not (out / "mesh.png").exists() and "mesh_picture" not in m
+    with pytest.raises(ConfigError, match=r"eval\.picture_size"):
+        EvalSettings(picture_size=8)

@@ -182,26 +182,29 @@ def _after_mesh_seconds(
         outside = hull.outside(mesh.vertices, settings.hull_dilate_px)
         if settings.cleans_mesh():
             clean_by_hull(mesh, outside, settings.min_component)
-    _panels(mesh, CAPTURE_VIEWS)
+    size = settings.picture_size if settings is not None else 512
+    if size:
+        _panels(mesh, CAPTURE_VIEWS, size)
     total = time.perf_counter() - t
-    fixed = min(total, len(CAPTURE_VIEWS) * _panel_fixed_seconds())
+    fixed = min(total, len(CAPTURE_VIEWS) * _panel_fixed_seconds(size)) if size else 0.0
     return total - fixed, fixed
 
 
-def _panels(mesh: trimesh.Trimesh, views) -> None:
+def _panels(mesh: trimesh.Trimesh, views, size: int) -> None:
     from neurecon.geometry.picture import render_mesh_view
 
     for azimuth, elevation in views:
-        render_mesh_view(mesh, azimuth, elevation)
+        render_mesh_view(mesh, azimuth, elevation, size)
 
 
 @functools.cache
-def _panel_fixed_seconds() -> float:
-    """Seconds of one ``mesh.png`` panel of a box: its pixels' share (timed once a process)."""
+def _panel_fixed_seconds(size: int) -> float:
+    """Seconds of one ``mesh.png`` panel of a box at ``size`` pixels a side: its pixels'
+    share (timed once a process and size)."""
     box = trimesh.creation.box()
-    _panels(box, [(30.0, 20.0)])  # the first call pays one-time costs
+    _panels(box, [(30.0, 20.0)], size)  # the first call pays one-time costs
     t = time.perf_counter()
-    _panels(box, [(30.0, 20.0)])
+    _panels(box, [(30.0, 20.0)], size)
     return time.perf_counter() - t
 
 

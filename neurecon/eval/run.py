@@ -75,13 +75,17 @@ def evaluate_run(
     mres, mesh = mesh_metrics(scene, field, out, settings)
     metrics.update(mres)
     if mesh is not None and len(mesh.vertices):
-        up, front = _capture_frame(scene, mesh)
-        picture = mesh_picture(mesh, out / "mesh.png", CAPTURE_VIEWS, up=up, front=front)
-        metrics["mesh_picture"] = picture.name
+        picture = None
+        if settings.picture_size:
+            up, front = _capture_frame(scene, mesh)
+            picture = mesh_picture(mesh, out / "mesh.png", CAPTURE_VIEWS, settings.picture_size,
+                                   up=up, front=front)  # fmt: skip
+            metrics["mesh_picture"] = picture.name
         if logger is not None:
             colors = mesh.visual.vertex_colors if mesh.visual.kind == "vertex" else None
             logger.log_mesh(step, out / "mesh.ply", np.asarray(mesh.vertices), colors)
-            logger.log_images(step, {"mesh_picture": iio.imread(picture) / 255.0})
+            if picture is not None:
+                logger.log_images(step, {"mesh_picture": iio.imread(picture) / 255.0})
     if settings.video_frames > 0:
         video = turntable_video(
             scene, field, renderer, mesh, settings, out / "turntable.mp4", settings.video_frames

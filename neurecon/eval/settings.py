@@ -25,7 +25,9 @@ class EvalConfig:
     ``clean_mesh``: a run trained with masks keeps, in ``mesh.ply``, only the faces inside the
     masks' visual hull (dilated by ``hull_dilate_px`` pixels of the full-size photos) and the
     connected components with at least ``min_component`` of the largest one's faces; the
-    extracted mesh is kept beside it as ``mesh_raw.ply``."""
+    extracted mesh is kept beside it as ``mesh_raw.ply``; ``picture_size``: pixels a side of
+    each of ``mesh.png``'s panels (0: no picture; a 512-px picture of a large mesh takes
+    seconds)."""
 
     chunk: int = 2048
     mesh_resolution: int = 128
@@ -33,6 +35,7 @@ class EvalConfig:
     clean_mesh: bool = True
     hull_dilate_px: float = 12.0
     min_component: float = 0.05
+    picture_size: int = 512
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +63,9 @@ class EvalSettings(EvalConfig):
         self.video_frames = int(self.video_frames or 0)
         if not 0.0 <= float(self.min_component) <= 1.0 or float(self.hull_dilate_px) < 0:
             raise ConfigError("eval: need 0 <= min_component <= 1 and hull_dilate_px >= 0")
+        self.picture_size = int(self.picture_size or 0)
+        if self.picture_size and self.picture_size < 16:
+            raise ConfigError(f"eval.picture_size must be 0 or >= 16, got {self.picture_size}")
 
     def view_metrics(self, validation: bool = False) -> list[ViewMetric]:
         """The per-view metrics (at validation: those with ``at_validation``)."""
