@@ -163,12 +163,9 @@ def test_mixed_image_sizes_train_as_well_as_one_size(tmp_path):
     H, W = run.scene.size(test_view)
     panel = iio.imread(tmp_path / "mixed" / "test" / f"view_{test_view:03d}.png")
     assert panel.shape[:2] == (H, 3 * W)  # prediction | ground truth | normals at its own size
-    _, one = _fit_sphere(tmp_path / "one", "dataset.resolution=48")
-    print(
-        f"Chamfer mixed {mixed['chamfer/relative']:.4f} vs one size {one['chamfer/relative']:.4f}"
-    )
+    print(f"Chamfer mixed {mixed['chamfer/relative']:.4f}")
     assert mixed["status"] == "completed" and np.isfinite(mixed["test/psnr"])
-    # 200 steps leave seed noise: over trainer.seed=0,1,2 one size gave 2.0-3.1 % and mixed
-    # sizes 2.1-3.6 %, while a view given another view's intrinsics gives 14 %.
+    # 200 steps leave seed noise: over trainer.seed=0,1,2 one size (dataset.resolution=48, the
+    # same settings) gave 2.0-3.1 % and mixed sizes 2.1-3.6 %, while a view given another
+    # view's intrinsics gives 14 %. (The one-size run is not repeated here: 30 s of the suite.)
     assert mixed["chamfer/relative"] <= 0.06
-    assert mixed["chamfer/relative"] <= one["chamfer/relative"] + 0.03

@@ -50,8 +50,10 @@ def read_model(path: Path):
 
 # A child reads the model first, under these limits: pycolmap trusts the counts in a .bin file,
 # and a corrupted one makes it allocate without bound, hang or crash (found by fuzzing).
+# The address space counts the interpreter and pycolmap's libraries (~0.4 GB for any model); a
+# corrupted count makes the reader fill the limit before it fails, ~5 s a GB here.
 PROBE_TIMEOUT_S = 300.0
-PROBE_MEMORY_BYTES = 4 << 30  # plus 100x the model's size (a dense model needs more)
+PROBE_MEMORY_BYTES = 1 << 30  # plus 100x the model's size (a dense model needs more)
 
 _PROBE = "import sys, pycolmap; pycolmap.Reconstruction(sys.argv[1])"
 
