@@ -164,6 +164,26 @@ def test_views_traced_together_are_each_view_traced_alone(monkeypatch):
         np.testing.assert_array_equal(s.mask(i), hit.reshape(H, W).numpy(), err_msg=f"view {i}")
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_narrow_band_volume_gives_the_full_volume_s_mesh(shape):
+    """The ground truth's marching cubes reads the SDF in full only near the surface: the same
+    signs everywhere and the same mesh, vertex for vertex, as the SDF evaluated at every point
+    (odd blocks at the grid's end included: 8 does not divide 70)."""
+    import mcubes
+
+    from neurecon.data.synthetic import sdf_volume
+
+    sdf, res = SHAPES[shape](), 70
+    g = torch.linspace(-1, 1, res)
+    full = sdf(torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1))
+    band = sdf_volume(sdf, res)
+    assert torch.equal(torch.sign(band), torch.sign(full))
+    assert (band != full).float().mean() > 0.5  # most of the grid was not evaluated
+    for a, b in zip(mcubes.marching_cubes(-full.numpy(), 0.0),
+                    mcubes.marching_cubes(-band.numpy(), 0.0), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
 def test_grayscale_rgba_and_16bit_images_are_converted(tmp_path):
     write_neus_scene(tmp_path)
     img = tmp_path / "image"
