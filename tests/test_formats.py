@@ -148,6 +148,10 @@ QUICK = [
     "trainer.device=cpu",
     "renderer.n_samples=16",
     "renderer.n_importance=16",
+    # As conftest.TINY: LPIPS (JAX and its weights, per process) runs in test_train's CLI run;
+    # mesh.png at 128 px.
+    "eval.metrics.lpips.net=null",
+    "eval.picture_size=128",
 ]
 
 
