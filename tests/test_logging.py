@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY
+from conftest import COARSE_GRID, REPO, TINY
 from wandb_records import read_run
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
@@ -18,6 +18,7 @@ RUN = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
     "trainer.max_steps=20",
     "callbacks.log.every=5",
+    *COARSE_GRID,
 ]
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY
+from conftest import COARSE_GRID, REPO, TINY
 from test_logging import _wandb_runs
 
 from neurecon.storage import open_storage
@@ -16,11 +16,7 @@ FAST = [o for o in TINY if o != "logger=none"] + [
     "dataset.shape=sphere",
     "trainer.max_steps=15",
     "callbacks.log.every=5",
-    # These tests check the sweep's bookkeeping, not accuracy: a 32^3 occupancy grid (a refresh
-    # 8x cheaper than 64^3's) and 128 marching steps (validation and test views 4x fewer
-    # samples before the grid prunes) take a 20-step trial with 4 validations 8.3 -> 3.7 s.
-    "renderer.grid.resolution=32",
-    "renderer.grid.n_steps=128",
+    *COARSE_GRID,
 ]
 
 
