@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, compose_cfg
+from conftest import COARSE_GRID, REPO, TINY, compose_cfg
 from faults import FaultInjection
 
 from neurecon.build import build
@@ -135,6 +135,7 @@ def test_absurd_lr_never_yields_a_silent_nan_mesh(tmp_path):
             "trainer.max_steps=80",
             "optimizer.lr=1.0",
             "optimizer.schedule.warmup_steps=0",
+            *COARSE_GRID,
         )
     except TrainingDiverged:
         m = json.loads((tmp_path / "metrics.json").read_text())
@@ -203,7 +204,8 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     # The test PSNR is what is compared: no mesh. The reference runs beside the killed run
     # (same seed and threads: the same figures whatever else the machine does).
-    args = ["trainer.max_steps=100", "callbacks.checkpoint.every=25", "eval.mesh_resolution=0"]
+    args = ["trainer.max_steps=100", "callbacks.checkpoint.every=25", "eval.mesh_resolution=0",
+            *COARSE_GRID]  # fmt: skip
     ref = subprocess.Popen(_cli(tmp_path / "ref", *args), cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     out = tmp_path / "killed"
