@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY
+from conftest import COARSE_GRID, REPO, TINY
 
 HASH = ["encoder.n_levels=4", "encoder.log2_table_size=12", "encoder.max_resolution=64"]
 
@@ -25,6 +25,7 @@ def sweep(tmp_path_factory):
                 "train.py",
                 f"hydra.run.dir={root / str(i)}",
                 *TINY,
+                *COARSE_GRID,
                 "dataset.shape=sphere",
                 "trainer.max_steps=30",
                 *enc,

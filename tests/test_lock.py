@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, TINY
+from conftest import COARSE_GRID, REPO, TINY
 
 from neurecon.train.lock import acquire, release
 
-ARGS = [*TINY, "dataset.shape=sphere", "callbacks.checkpoint.every=10", "eval.mesh_resolution=0"]
+ARGS = [*TINY, *COARSE_GRID, "dataset.shape=sphere", "callbacks.checkpoint.every=10",
+        "eval.mesh_resolution=0"]  # fmt: skip
 
 
 def _cli(out, *overrides):

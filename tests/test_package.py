@@ -15,13 +15,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import COARSE_GRID, REPO, TINY
 
 # What the wheel is built from: the files setup.py and pyproject.toml name, nothing else.
 SOURCES = ("neurecon", "hydra_plugins", "conf", "pyproject.toml", "setup.py", "README.md")
 RUN = [o for o in TINY if not o.startswith("eval.mesh_resolution")] + [
     "eval.mesh_resolution=0",
     "trainer.max_steps=20",
+    *COARSE_GRID,
 ]
 
 

@@ -1,5 +1,6 @@
 """Training that cannot silently fail: NaN guard, divergence, resume, OOM, bad input."""
 
+import functools
 import json
 import math
 import signal
@@ -289,13 +290,17 @@ def test_bad_config_values_are_named(tmp_path, override, message):
         _fit(tmp_path, "trainer.max_steps=2", override)
 
 
-def test_fp16_persistent_nan_gradient_is_not_a_completed_run(tmp_path):
+def test_fp16_persistent_nan_gradient_is_not_a_completed_run(tmp_path, monkeypatch):
     """A NaN gradient with a finite loss, every step from 10 on: GradScaler skips each step and
     lowers its scale; once below 1 the skips count as bad steps, so the guard rolls back and
     finally stops, instead of ending "completed" having learned nothing. (fp16 autocast runs
     on CPU too, so the logic is tested here; the cuda suite runs it on a GPU.)"""
-    # One rollback, two bad steps: each cycle is ~17 halvings of the scale (2^16 -> below 1)
-    # of slow CPU fp16 steps, so the guard's whole path (count, roll back, stop) in ~40 steps.
+    # One rollback, two bad steps. The scaler starts at 2^4, not its default 2^16: each cycle
+    # is then ~5 halvings of the scale (to below 1) instead of ~17, of slow CPU fp16 steps
+    # (about a second each here), so the guard's whole path (count, roll back, stop) takes
+    # ~20 steps; the path is the same from any starting scale.
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler,
+                                                                   init_scale=2.0**4))  # fmt: skip
     guard = ["trainer.guard.snapshot_every=5", "trainer.guard.max_rollbacks=1",
              "trainer.guard.max_bad_steps=2"]  # fmt: skip
     run = build(compose_cfg([*FAST, "trainer.max_steps=60", *guard]))
