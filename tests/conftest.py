@@ -48,9 +48,10 @@ TINY = [
     "eval.metrics.lpips.net=null",
 ]
 
-# For tests of bookkeeping, not accuracy (sweeps, loggers): a 32^3 occupancy grid (a refresh 8x
-# cheaper than 64^3's) and 128 marching steps (validation and test views take 4x fewer samples
-# before the grid prunes): a 20-step run with 4 validations 8.3 -> 3.7 s.
+# For tests of bookkeeping, not accuracy (sweeps, loggers, locks, tables, the installed package,
+# resume after a kill): a 32^3 occupancy grid (a refresh 8x cheaper than 64^3's) and 128
+# marching steps (validation and test views take 4x fewer samples before the grid prunes):
+# a 20-step run with 4 validations 8.3 -> 3.7 s.
 COARSE_GRID = ["renderer.grid.resolution=32", "renderer.grid.n_steps=128"]
 
 # The files that take longest (minutes on 2 cores) are handed out first: the two xdist workers
