@@ -133,7 +133,7 @@ def extract_mesh(
         if skip_margin is None:
             vol = sample_grid(fn, R, bound, chunk, device, b)
         else:
-            vol = _sample_near_surface(fn, g, b, spacing, skip_margin, chunk, device)
+            vol = sample_near_surface(fn, g, b, spacing, skip_margin, chunk, device)
         if clip_to_sphere:
             vol = _sphere_clip(vol, g, b)
         if not np.all(np.isfinite(vol)):
@@ -193,7 +193,7 @@ def drop_clip_faces(
 
 
 @torch.no_grad()
-def _sample_near_surface(
+def sample_near_surface(
     fn,
     g: np.ndarray,
     b: tuple[slice, ...],
