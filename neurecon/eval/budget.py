@@ -182,7 +182,7 @@ def _after_mesh_seconds(
         outside = hull.outside(mesh.vertices, settings.hull_dilate_px)
         if settings.cleans_mesh():
             clean_by_hull(mesh, outside, settings.min_component)
-    size = settings.picture_size if settings is not None else 512
+    size = (settings or EvalSettings).picture_size  # no settings: the default picture
     if size:
         _panels(mesh, CAPTURE_VIEWS, size)
     total = time.perf_counter() - t
